@@ -1,0 +1,367 @@
+//! The per-call state machine: what a call does, with no IO inside.
+//!
+//! The call task feeds it signalling events, the arrival of caller RTP and timer
+//! ticks, each with an injected `Instant`, and carries out the [`CallAction`]s it
+//! returns. It owns the call's timers (maximum duration, RTP inactivity) and
+//! decides the end reason recorded for every call. Later stages (clone, agent
+//! bridge) add states between `Greeting` and `Ending`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Limits the call enforces on itself.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    pub max_duration: Duration,
+    /// No caller RTP for this long ends the call (`rtp.timeout_seconds`).
+    pub rtp_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// INVITE received; 200 not yet acknowledged (media may already flow).
+    Answering,
+    /// Playing the greeting (then hold audio) to the caller.
+    Greeting,
+    /// We sent BYE (or the UAS core did); waiting for the dialog to end.
+    Ending,
+    Ended,
+}
+
+/// Why a call ended; the string forms are what logs and `call_log` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    CallerBye,
+    Cancelled,
+    AckTimeout,
+    RtpTimeout,
+    MaxDuration,
+    Shutdown,
+    Rejected(u16),
+    Error(String),
+}
+
+impl EndReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            EndReason::CallerBye => "caller_bye",
+            EndReason::Cancelled => "cancelled",
+            EndReason::AckTimeout => "ack_timeout",
+            EndReason::RtpTimeout => "rtp_timeout",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Rejected(_) => "rejected",
+            EndReason::Error(_) => "error",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::Rejected(code) => write!(f, "rejected ({code})"),
+            EndReason::Error(why) => write!(f, "error ({why})"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Inputs from signalling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallInput {
+    /// We sent the 200 with an SDP answer: media may start.
+    Answered,
+    /// The ACK arrived (with the answer to our offer, for a delayed offer).
+    Confirmed,
+    Cancelled,
+    ByeReceived,
+    /// No ACK: the SIP layer already sent BYE.
+    AckTimeout,
+    /// The dialog is gone (our BYE completed or timed out).
+    Terminated,
+    /// The daemon is stopping and the drain period is over.
+    Shutdown,
+    /// Hold state from a re-INVITE: whether we may send, and whether the caller
+    /// will send (`inactive` hold suspends the RTP timeout).
+    Direction { we_send: bool, caller_sends: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallAction {
+    /// Start the paced media timeline now.
+    StartMedia,
+    /// Stop sending (and stop caring about) RTP.
+    StopMedia,
+    /// Send BYE with this reason.
+    Hangup(EndReason),
+    /// The call is over; record it and free its resources.
+    Ended(EndReason),
+}
+
+#[derive(Debug)]
+pub struct Call {
+    state: CallState,
+    limits: CallLimits,
+    created: Instant,
+    media_started: Option<Instant>,
+    confirmed: Option<Instant>,
+    last_rtp: Option<Instant>,
+    caller_sends: bool,
+    we_send: bool,
+    ending: Option<EndReason>,
+    actions: VecDeque<CallAction>,
+}
+
+impl Call {
+    pub fn new(now: Instant, limits: CallLimits) -> Self {
+        Call {
+            state: CallState::Answering,
+            limits,
+            created: now,
+            media_started: None,
+            confirmed: None,
+            last_rtp: None,
+            caller_sends: true,
+            we_send: true,
+            ending: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn state(&self) -> CallState {
+        self.state
+    }
+
+    /// Whether the media timeline should be sending to the caller right now.
+    pub fn sending(&self) -> bool {
+        self.media_started.is_some() && self.we_send && matches!(self.state, CallState::Answering | CallState::Greeting)
+    }
+
+    pub fn poll_action(&mut self) -> Option<CallAction> {
+        self.actions.pop_front()
+    }
+
+    pub fn confirmed_at(&self) -> Option<Instant> {
+        self.confirmed
+    }
+
+    pub fn handle(&mut self, now: Instant, input: CallInput) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        match input {
+            CallInput::Answered => self.start_media(now),
+            CallInput::Confirmed => {
+                self.confirmed.get_or_insert(now);
+                // A delayed-offer call starts media only once the ACK brings the answer.
+                self.start_media(now);
+                if self.state == CallState::Answering {
+                    self.state = CallState::Greeting;
+                }
+            }
+            CallInput::Cancelled => self.end(EndReason::Cancelled),
+            CallInput::ByeReceived => {
+                let reason = self.ending.take().unwrap_or(EndReason::CallerBye);
+                self.end(reason);
+            }
+            CallInput::AckTimeout => {
+                self.ending = Some(EndReason::AckTimeout);
+                self.stop_media_and_wait();
+            }
+            CallInput::Terminated => {
+                let reason = self.ending.take().unwrap_or(EndReason::Error("dialog terminated".into()));
+                self.end(reason);
+            }
+            CallInput::Shutdown => self.hangup(EndReason::Shutdown),
+            CallInput::Direction { we_send, caller_sends } => {
+                self.we_send = we_send;
+                if caller_sends && !self.caller_sends {
+                    // Coming off an inactive hold: give the caller a fresh window.
+                    self.last_rtp = Some(now);
+                }
+                self.caller_sends = caller_sends;
+            }
+        }
+    }
+
+    /// A valid RTP packet from the caller.
+    #[inline]
+    pub fn on_rtp(&mut self, now: Instant) {
+        self.last_rtp = Some(now);
+    }
+
+    /// The next instant `handle_timeout` must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !matches!(self.state, CallState::Answering | CallState::Greeting) {
+            return None;
+        }
+        let max = self.created + self.limits.max_duration;
+        let rtp = self.rtp_deadline();
+        Some(rtp.map_or(max, |r| r.min(max)))
+    }
+
+    fn rtp_deadline(&self) -> Option<Instant> {
+        if !self.caller_sends {
+            return None;
+        }
+        let since = self.last_rtp.or(self.media_started)?;
+        Some(since + self.limits.rtp_timeout)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !matches!(self.state, CallState::Answering | CallState::Greeting) {
+            return;
+        }
+        if now >= self.created + self.limits.max_duration {
+            self.hangup(EndReason::MaxDuration);
+        } else if self.rtp_deadline().is_some_and(|d| now >= d) {
+            self.hangup(EndReason::RtpTimeout);
+        }
+    }
+
+    fn start_media(&mut self, now: Instant) {
+        if self.media_started.is_none() {
+            self.media_started = Some(now);
+            self.actions.push_back(CallAction::StartMedia);
+        }
+    }
+
+    fn hangup(&mut self, reason: EndReason) {
+        if matches!(self.state, CallState::Ending | CallState::Ended) {
+            return;
+        }
+        self.ending = Some(reason.clone());
+        self.actions.push_back(CallAction::Hangup(reason));
+        self.stop_media_and_wait();
+    }
+
+    fn stop_media_and_wait(&mut self) {
+        if self.media_started.is_some() {
+            self.actions.push_back(CallAction::StopMedia);
+        }
+        self.state = CallState::Ending;
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if self.media_started.is_some() && self.state != CallState::Ending {
+            self.actions.push_back(CallAction::StopMedia);
+        }
+        self.state = CallState::Ended;
+        self.actions.push_back(CallAction::Ended(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> CallLimits {
+        CallLimits { max_duration: Duration::from_secs(3600), rtp_timeout: Duration::from_secs(60) }
+    }
+
+    fn drain(call: &mut Call) -> Vec<CallAction> {
+        std::iter::from_fn(|| call.poll_action()).collect()
+    }
+
+    #[test]
+    fn answered_call_plays_then_caller_hangs_up() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        assert_eq!(drain(&mut c), vec![CallAction::StartMedia]);
+        assert!(c.sending());
+        c.handle(t0 + Duration::from_millis(3), CallInput::Confirmed);
+        assert_eq!(c.state(), CallState::Greeting);
+        assert!(drain(&mut c).is_empty(), "media already started");
+        c.handle(t0 + Duration::from_secs(5), CallInput::ByeReceived);
+        assert_eq!(drain(&mut c), vec![CallAction::StopMedia, CallAction::Ended(EndReason::CallerBye)]);
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn rtp_timeout_counts_only_caller_media() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        c.handle(t0, CallInput::Confirmed);
+        drain(&mut c);
+        // Caller sends for 10 s, then goes silent.
+        for i in 0..500u32 {
+            c.on_rtp(t0 + Duration::from_millis(20) * i);
+        }
+        let last = t0 + Duration::from_millis(20) * 499;
+        assert_eq!(c.poll_timeout(), Some(last + Duration::from_secs(60)));
+        c.handle_timeout(last + Duration::from_secs(59));
+        assert!(drain(&mut c).is_empty());
+        c.handle_timeout(last + Duration::from_secs(60));
+        assert_eq!(drain(&mut c), vec![CallAction::Hangup(EndReason::RtpTimeout), CallAction::StopMedia]);
+        assert_eq!(c.state(), CallState::Ending);
+        c.handle(last + Duration::from_secs(61), CallInput::Terminated);
+        assert_eq!(drain(&mut c), vec![CallAction::Ended(EndReason::RtpTimeout)]);
+    }
+
+    #[test]
+    fn caller_that_never_sends_rtp_times_out_from_answer() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn inactive_hold_suspends_the_rtp_timeout() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        c.handle(t0, CallInput::Confirmed);
+        c.handle(t0 + Duration::from_secs(1), CallInput::Direction { we_send: false, caller_sends: false });
+        assert!(!c.sending());
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(3600)));
+        c.handle_timeout(t0 + Duration::from_secs(600));
+        drain(&mut c);
+        assert_eq!(c.state(), CallState::Greeting);
+        let resume = t0 + Duration::from_secs(600);
+        c.handle(resume, CallInput::Direction { we_send: true, caller_sends: true });
+        assert!(c.sending());
+        assert_eq!(c.poll_timeout(), Some(resume + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn max_duration_and_ack_timeout_and_cancel() {
+        let t0 = Instant::now();
+        let short = CallLimits { max_duration: Duration::from_secs(10), rtp_timeout: Duration::from_secs(60) };
+        let mut c = Call::new(t0, short);
+        c.handle(t0, CallInput::Answered);
+        c.on_rtp(t0 + Duration::from_secs(9));
+        c.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(drain(&mut c).contains(&CallAction::Hangup(EndReason::MaxDuration)));
+
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        c.handle(t0 + Duration::from_secs(32), CallInput::AckTimeout);
+        c.handle(t0 + Duration::from_secs(33), CallInput::Terminated);
+        assert_eq!(drain(&mut c).last(), Some(&CallAction::Ended(EndReason::AckTimeout)));
+
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Cancelled);
+        assert_eq!(drain(&mut c), vec![CallAction::Ended(EndReason::Cancelled)]);
+        c.handle(t0, CallInput::ByeReceived);
+        assert!(drain(&mut c).is_empty(), "an ended call ignores late input");
+    }
+
+    #[test]
+    fn shutdown_hangs_up_once() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        drain(&mut c);
+        c.handle(t0, CallInput::Shutdown);
+        c.handle(t0, CallInput::Shutdown);
+        assert_eq!(drain(&mut c), vec![CallAction::Hangup(EndReason::Shutdown), CallAction::StopMedia]);
+        // The peer may answer our BYE with its own BYE crossing it; either ends the call.
+        c.handle(t0, CallInput::ByeReceived);
+        assert_eq!(drain(&mut c), vec![CallAction::Ended(EndReason::Shutdown)]);
+    }
+}

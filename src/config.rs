@@ -1,0 +1,345 @@
+//! Settings: built-in defaults < TOML file < environment.
+//!
+//! Every key is settable as `PRECALL_<SECTION>__<KEY>` (double underscore between
+//! section and key, because keys themselves contain single underscores). The
+//! seed service's names (`SIP_HOST` + `SIP_PORT`, `LOG_LEVEL`) are honoured as
+//! aliases below the `PRECALL_` names. This is the only module that reads the
+//! environment. Raw settings are deserialised first, then compiled into a
+//! validated [`Settings`] the rest of the daemon trusts (siphon-ai's raw → compile).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid value for {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, why: why.into() }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipSection {
+    /// UDP and TCP listen address.
+    pub listen: String,
+    /// Address for SDP `c=` and Contact when behind NAT: `IP` or `IP:port`; empty =
+    /// the local address the request arrived on.
+    pub public_addr: String,
+    /// Server/User-Agent header value.
+    pub user_agent: String,
+    /// Milliseconds of `180 Ringing` before answering (0 = answer at once).
+    pub answer_delay_ms: u64,
+    /// Largest concurrent TCP connections accepted.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            listen: "0.0.0.0:5060".into(),
+            public_addr: String::new(),
+            user_agent: format!("precall/{}", env!("CARGO_PKG_VERSION")),
+            answer_delay_ms: 0,
+            max_tcp_connections: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtpSection {
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Seconds without caller RTP before the call is ended (`rtp_timeout`).
+    pub timeout_seconds: u64,
+}
+
+impl Default for RtpSection {
+    fn default() -> Self {
+        RtpSection { port_min: 10000, port_max: 20000, timeout_seconds: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GreetingSection {
+    /// WAV file to play on answer; empty = the greeting built into the binary.
+    pub file: String,
+    /// WAV file looped after the greeting; empty = loop the greeting.
+    pub hold_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_calls: usize,
+    pub max_call_seconds: u64,
+    /// Seconds live calls may continue after SIGTERM before they get BYE.
+    pub drain_seconds: u64,
+    /// `Retry-After` seconds sent with 503 when full or draining.
+    pub retry_after_seconds: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection { max_calls: 1000, max_call_seconds: 3600, drain_seconds: 30, retry_after_seconds: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A `tracing` filter: `info`, `precall=debug`, …
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// The raw, deserialised settings (what `check-config` prints).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSettings {
+    pub sip: SipSection,
+    pub rtp: RtpSection,
+    pub greeting: GreetingSection,
+    pub limits: LimitsSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: RawSettings,
+    pub sip_listen: SocketAddr,
+    pub public_addr: Option<SocketAddr>,
+    pub rtp_ports: (u16, u16),
+    pub greeting_file: Option<PathBuf>,
+    pub hold_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Loads from the process environment and an optional file (`--config`, or
+    /// `PRECALL_CONFIG`).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Loads with an explicit environment (tests, and `load` above).
+    pub fn load_from(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::Config::try_from(&RawSettings::default())?);
+        let file = file.map(Path::to_path_buf).or_else(|| env.get("PRECALL_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", file.display())));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let mut precall: HashMap<String, String> =
+            env.iter().filter(|(k, _)| k.starts_with("PRECALL_") && *k != "PRECALL_CONFIG").map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The seed's names, applied below the PRECALL_ ones.
+        let listen_alias = match (env.get("SIP_HOST"), env.get("SIP_PORT")) {
+            (Some(host), port) => Some(join_host_port(host, port.map_or("5060", String::as_str))),
+            (None, Some(port)) => Some(format!("0.0.0.0:{port}")),
+            (None, None) => None,
+        };
+        if let Some(listen) = listen_alias {
+            precall.entry("PRECALL_SIP__LISTEN".into()).or_insert(listen);
+        }
+        if let Some(level) = env.get("LOG_LEVEL") {
+            precall.entry("PRECALL_LOG__LEVEL".into()).or_insert_with(|| level.to_ascii_lowercase());
+        }
+        for key in precall.keys() {
+            if !key.contains("__") {
+                // config silently ignores these; say so instead.
+                return Err(invalid("environment", format!("{key} is not PRECALL_<SECTION>__<KEY> (use a double underscore)")));
+            }
+        }
+        builder = builder.add_source(config::Environment::with_prefix("PRECALL").prefix_separator("_").separator("__").try_parsing(true).source(Some(precall)));
+        let raw: RawSettings = builder.build()?.try_deserialize()?;
+        Self::compile(raw)
+    }
+
+    pub fn compile(raw: RawSettings) -> Result<Self, ConfigError> {
+        let sip_listen: SocketAddr = raw.sip.listen.parse().map_err(|_| invalid("sip.listen", format!("{:?} is not IP:port", raw.sip.listen)))?;
+        let public_addr = if raw.sip.public_addr.is_empty() {
+            None
+        } else if let Ok(sa) = raw.sip.public_addr.parse::<SocketAddr>() {
+            Some(sa)
+        } else if let Ok(ip) = raw.sip.public_addr.parse::<IpAddr>() {
+            Some(SocketAddr::new(ip, sip_listen.port()))
+        } else {
+            return Err(invalid("sip.public_addr", format!("{:?} is not an IP address or IP:port", raw.sip.public_addr)));
+        };
+        if public_addr.is_some_and(|a| a.ip().is_unspecified()) {
+            return Err(invalid("sip.public_addr", "must be a routable address, not 0.0.0.0"));
+        }
+        let (lo, hi) = (raw.rtp.port_min, raw.rtp.port_max);
+        // RTP uses even ports (RFC 3550 §11); round the range inwards.
+        let lo_even = lo + lo % 2;
+        let hi_even = hi - hi % 2;
+        if lo == 0 || lo_even > hi_even || hi_even < lo_even + 2 {
+            return Err(invalid("rtp.port_min/rtp.port_max", format!("{lo}-{hi} must hold at least two even ports above 0")));
+        }
+        if (lo..=hi).contains(&sip_listen.port()) {
+            return Err(invalid("rtp.port_min/rtp.port_max", format!("range {lo}-{hi} includes the SIP port {}", sip_listen.port())));
+        }
+        if raw.rtp.timeout_seconds == 0 {
+            return Err(invalid("rtp.timeout_seconds", "must be at least 1"));
+        }
+        if raw.limits.max_calls == 0 {
+            return Err(invalid("limits.max_calls", "must be at least 1"));
+        }
+        if raw.limits.max_call_seconds == 0 {
+            return Err(invalid("limits.max_call_seconds", "must be at least 1"));
+        }
+        if raw.sip.max_tcp_connections == 0 {
+            return Err(invalid("sip.max_tcp_connections", "must be at least 1"));
+        }
+        let log_format = match raw.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log.format", format!("{other:?} is neither \"text\" nor \"json\""))),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            return Err(invalid("log.level", format!("{:?} is not a tracing filter (try info, debug, precall=debug)", raw.log.level)));
+        }
+        let file = |key: &'static str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
+            if value.is_empty() {
+                return Ok(None);
+            }
+            let path = PathBuf::from(value);
+            if !path.is_file() {
+                return Err(invalid(key, format!("{value} is not a readable file")));
+            }
+            Ok(Some(path))
+        };
+        let greeting_file = file("greeting.file", &raw.greeting.file)?;
+        let hold_file = file("greeting.hold_file", &raw.greeting.hold_file)?;
+        Ok(Settings { sip_listen, public_addr, rtp_ports: (lo_even, hi_even), greeting_file, hold_file, log_format, raw })
+    }
+
+    /// The effective settings as TOML, secrets masked (none yet in this section set;
+    /// keys named `*password*`, `*secret*`, `*token*`, `*key*` are masked).
+    pub fn to_masked_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(&self.raw) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render settings: {e}\n"),
+        };
+        mask(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+fn mask(value: &mut toml::Value) {
+    if let toml::Value::Table(table) = value {
+        for (k, v) in table.iter_mut() {
+            let secret = ["password", "secret", "token", "api_key"].iter().any(|s| k.contains(s));
+            match v {
+                toml::Value::String(s) if secret && !s.is_empty() => *s = "********".into(),
+                other => mask(other),
+            }
+        }
+    }
+}
+
+fn join_host_port(host: &str, port: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.sip_listen, "0.0.0.0:5060".parse().unwrap());
+        assert_eq!(s.rtp_ports, (10000, 20000));
+        assert_eq!(s.raw.limits.max_calls, 1000);
+        assert_eq!(s.raw.limits.max_call_seconds, 3600);
+        assert_eq!(s.raw.rtp.timeout_seconds, 60);
+        assert!(s.greeting_file.is_none());
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn file_then_environment_then_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("precall.toml");
+        std::fs::write(&path, "[sip]\nlisten = \"127.0.0.1:5070\"\n[limits]\nmax_calls = 5\n[rtp]\nport_min = 30001\nport_max = 30099\n").unwrap();
+        let s = Settings::load_from(Some(&path), &env(&[])).unwrap();
+        assert_eq!(s.sip_listen.port(), 5070);
+        assert_eq!(s.raw.limits.max_calls, 5);
+        assert_eq!(s.rtp_ports, (30002, 30098), "rounded inwards to even ports");
+        let s = Settings::load_from(Some(&path), &env(&[("PRECALL_SIP__LISTEN", "127.0.0.1:15060"), ("PRECALL_LIMITS__MAX_CALLS", "7")])).unwrap();
+        assert_eq!(s.sip_listen.port(), 15060);
+        assert_eq!(s.raw.limits.max_calls, 7);
+        let s = Settings::load_from(None, &env(&[("SIP_HOST", "127.0.0.1"), ("SIP_PORT", "5099"), ("LOG_LEVEL", "DEBUG")])).unwrap();
+        assert_eq!(s.sip_listen, "127.0.0.1:5099".parse().unwrap());
+        assert_eq!(s.raw.log.level, "debug");
+        let s = Settings::load_from(None, &env(&[("SIP_HOST", "127.0.0.1"), ("PRECALL_SIP__LISTEN", "127.0.0.1:5100")])).unwrap();
+        assert_eq!(s.sip_listen.port(), 5100, "PRECALL_ names win over the seed's aliases");
+        let s = Settings::load_from(None, &env(&[("PRECALL_CONFIG", path.to_str().unwrap())])).unwrap();
+        assert_eq!(s.sip_listen.port(), 5070);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("PRECALL_SIP__LISTEN", "nowhere")], "sip.listen"),
+            (&[("PRECALL_SIP__PUBLIC_ADDR", "not-an-ip")], "sip.public_addr"),
+            (&[("PRECALL_RTP__PORT_MIN", "20000"), ("PRECALL_RTP__PORT_MAX", "10000")], "rtp.port_min"),
+            (&[("PRECALL_LIMITS__MAX_CALLS", "0")], "limits.max_calls"),
+            (&[("PRECALL_LOG__FORMAT", "xml")], "log.format"),
+            (&[("PRECALL_GREETING__FILE", "/nonexistent.wav")], "greeting.file"),
+            (&[("PRECALL_SIP_LISTEN", "127.0.0.1:1")], "double underscore"),
+            (&[("PRECALL_RTP__PORT_MIN", "abc")], "port_min"),
+        ];
+        for (vars, needle) in cases {
+            let err = Settings::load_from(None, &env(vars)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn public_addr_forms_and_masking() {
+        let s = Settings::load_from(None, &env(&[("PRECALL_SIP__PUBLIC_ADDR", "203.0.113.5")])).unwrap();
+        assert_eq!(s.public_addr, Some("203.0.113.5:5060".parse().unwrap()));
+        let s = Settings::load_from(None, &env(&[("PRECALL_SIP__PUBLIC_ADDR", "203.0.113.5:5080")])).unwrap();
+        assert_eq!(s.public_addr.unwrap().port(), 5080);
+        let text = s.to_masked_toml();
+        assert!(text.contains("public_addr = \"203.0.113.5:5080\""), "{text}");
+        let mut v: toml::Value = toml::from_str("[x]\napi_key = \"sk-123\"\nother = \"y\"\n").unwrap();
+        mask(&mut v);
+        let out = toml::to_string(&v).unwrap();
+        assert!(out.contains("********") && !out.contains("sk-123") && out.contains("\"y\""), "{out}");
+    }
+}

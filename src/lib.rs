@@ -1,0 +1,12 @@
+//! precall: a SIP/RTP voice daemon that answers at once with a paced greeting,
+//! clones the caller's voice and bridges the call to an ElevenLabs agent.
+//!
+//! The logic lives in sans-IO state machines (`sip::endpoint`, `call`, `media`)
+//! driven by thin tokio tasks (`sip::transport`, `server`). See
+//! `docs/ARCHITECTURE.md`.
+
+pub mod call;
+pub mod config;
+pub mod media;
+pub mod server;
+pub mod sip;

@@ -1,0 +1,338 @@
+//! One call's RTP timeline: the paced sender and the receiver's statistics.
+//!
+//! Both are plain state machines on injected time. The sender schedules frame `n`
+//! at `start + n·20 ms` (never `sleep(20ms)`, which drifts), so the wall clock,
+//! the RTP timestamp and the sequence number advance together for the whole call,
+//! across the greeting, hold music and later the agent's audio.
+
+use std::time::{Duration, Instant};
+
+use super::rtp::{HEADER_LEN, RtpError, RtpHeader, RtpPacket};
+
+/// Packetisation interval.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// RTP timestamp units per frame at 8 kHz.
+pub const TIMESTAMP_STEP: u32 = 160;
+/// If the task falls this many frames behind (a stalled runtime), the backlog is
+/// skipped instead of sent in a burst the caller's jitter buffer would drop anyway.
+pub const MAX_BURST: u64 = 5;
+/// Largest packet we build: header plus one 20 ms G.711 frame, with room to spare.
+pub const MAX_PACKET: usize = HEADER_LEN + 320;
+
+/// The sending half of a call's RTP session.
+#[derive(Debug, Clone)]
+pub struct RtpSender {
+    ssrc: u32,
+    payload_type: u8,
+    first_sequence: u16,
+    first_timestamp: u32,
+    start: Instant,
+    /// Index of the next frame on the timeline.
+    next_frame: u64,
+    /// Packets actually sent (skipped frames are not).
+    sent: u64,
+    marker: bool,
+}
+
+impl RtpSender {
+    /// `sequence` and `timestamp` are the random initial values RFC 3550 §5.1 asks for.
+    pub fn new(ssrc: u32, payload_type: u8, sequence: u16, timestamp: u32, start: Instant) -> Self {
+        RtpSender { ssrc, payload_type, first_sequence: sequence, first_timestamp: timestamp, start, next_frame: 0, sent: 0, marker: true }
+    }
+
+    /// When the next frame is due.
+    #[inline]
+    pub fn next_deadline(&self) -> Instant {
+        self.start + FRAME * self.next_frame as u32
+    }
+
+    /// The timeline index of the next frame (for the prompt player).
+    pub fn next_frame(&self) -> u64 {
+        self.next_frame
+    }
+
+    pub fn packets_sent(&self) -> u64 {
+        self.sent
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// How many frames are due at `now`. Skips (advancing the timeline without
+    /// sending) anything beyond [`MAX_BURST`], returning the number skipped too.
+    pub fn due(&mut self, now: Instant) -> (u64, u64) {
+        if now < self.start {
+            return (0, 0);
+        }
+        let elapsed = now.duration_since(self.start).as_micros() as u64;
+        let due_total = elapsed / FRAME.as_micros() as u64 + 1;
+        let due = due_total.saturating_sub(self.next_frame);
+        if due > MAX_BURST {
+            let skip = due - MAX_BURST;
+            self.next_frame += skip;
+            // A gap in the timeline starts a new talkspurt (RFC 3551 §4.1).
+            self.marker = true;
+            (MAX_BURST, skip)
+        } else {
+            (due, 0)
+        }
+    }
+
+    /// Builds the packet for the next frame into `buf` and advances the timeline.
+    /// Returns the packet length (0 if `buf` is too small, which is a bug upstream).
+    #[inline]
+    pub fn write_next(&mut self, payload: &[u8], buf: &mut [u8]) -> usize {
+        let len = HEADER_LEN + payload.len();
+        if buf.len() < len {
+            return 0;
+        }
+        let header = RtpHeader {
+            marker: self.marker,
+            payload_type: self.payload_type,
+            sequence: self.first_sequence.wrapping_add(self.sent as u16),
+            timestamp: self.first_timestamp.wrapping_add((self.next_frame as u32).wrapping_mul(TIMESTAMP_STEP)),
+            ssrc: self.ssrc,
+        };
+        let _ = header.write(buf);
+        buf[HEADER_LEN..len].copy_from_slice(payload);
+        self.marker = false;
+        self.next_frame += 1;
+        self.sent += 1;
+        len
+    }
+
+    /// A re-INVITE may move the call to another codec; the timeline continues.
+    pub fn set_payload_type(&mut self, payload_type: u8) {
+        self.payload_type = payload_type;
+    }
+
+    /// Advances the timeline by one frame without sending (while on hold).
+    pub fn skip_one(&mut self) {
+        self.next_frame += 1;
+        self.marker = true;
+    }
+}
+
+/// What the receiver counted, logged at call end.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RtpStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub malformed: u64,
+    pub ssrc_changes: u32,
+    pub max_jitter_ms: f64,
+}
+
+/// The receiving half: validates packets and keeps RFC 3550 statistics (extended
+/// sequence numbers §A.1, interarrival jitter §A.8) per SSRC, restarting cleanly
+/// when the SSRC changes (a PBX re-routing media, a transfer).
+#[derive(Debug, Clone)]
+pub struct RtpReceiver {
+    clock_rate: f64,
+    epoch: Instant,
+    ssrc: Option<u32>,
+    base_seq: u32,
+    max_seq: u16,
+    cycles: u32,
+    received_this_ssrc: u64,
+    expected_before: u64,
+    received_before: u64,
+    last_transit: Option<f64>,
+    jitter: f64,
+    stats: RtpStats,
+    last_packet: Option<Instant>,
+}
+
+impl RtpReceiver {
+    pub fn new(clock_rate: u32, epoch: Instant) -> Self {
+        RtpReceiver {
+            clock_rate: f64::from(clock_rate),
+            epoch,
+            ssrc: None,
+            base_seq: 0,
+            max_seq: 0,
+            cycles: 0,
+            received_this_ssrc: 0,
+            expected_before: 0,
+            received_before: 0,
+            last_transit: None,
+            jitter: 0.0,
+            stats: RtpStats::default(),
+            last_packet: None,
+        }
+    }
+
+    /// Accounts for one datagram; malformed ones are counted and returned as errors.
+    pub fn on_datagram<'a>(&mut self, now: Instant, data: &'a [u8]) -> Result<RtpPacket<'a>, RtpError> {
+        let packet = match RtpPacket::parse(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Err(e);
+            }
+        };
+        let h = packet.header;
+        if self.ssrc != Some(h.ssrc) {
+            if self.ssrc.is_some() {
+                self.stats.ssrc_changes += 1;
+                self.expected_before += self.expected_this_ssrc();
+                self.received_before += self.received_this_ssrc;
+            }
+            self.ssrc = Some(h.ssrc);
+            self.base_seq = u32::from(h.sequence);
+            self.max_seq = h.sequence;
+            self.cycles = 0;
+            self.received_this_ssrc = 0;
+            self.last_transit = None;
+        } else {
+            let delta = h.sequence.wrapping_sub(self.max_seq);
+            if delta != 0 && delta < 0x8000 {
+                if h.sequence < self.max_seq {
+                    self.cycles += 1 << 16;
+                }
+                self.max_seq = h.sequence;
+            }
+        }
+        self.received_this_ssrc += 1;
+        self.stats.packets += 1;
+        self.stats.bytes += packet.payload.len() as u64;
+        // Interarrival jitter in timestamp units (§A.8).
+        let arrival = now.duration_since(self.epoch).as_secs_f64() * self.clock_rate;
+        let transit = arrival - f64::from(h.timestamp);
+        if let Some(last) = self.last_transit {
+            let mut d = transit - last;
+            // Timestamps wrap at 2^32; a wrap shows up as a huge transit step.
+            if d.abs() > 2f64.powi(31) {
+                d -= 2f64.powi(32) * d.signum();
+            }
+            self.jitter += (d.abs() - self.jitter) / 16.0;
+            let ms = self.jitter / self.clock_rate * 1000.0;
+            if ms > self.stats.max_jitter_ms {
+                self.stats.max_jitter_ms = ms;
+            }
+        }
+        self.last_transit = Some(transit);
+        self.last_packet = Some(now);
+        Ok(packet)
+    }
+
+    fn expected_this_ssrc(&self) -> u64 {
+        if self.ssrc.is_none() {
+            return 0;
+        }
+        let extended_max = u64::from(self.cycles) + u64::from(self.max_seq);
+        (extended_max + 1).saturating_sub(u64::from(self.base_seq))
+    }
+
+    /// When the last valid packet arrived (for the RTP timeout).
+    pub fn last_packet(&self) -> Option<Instant> {
+        self.last_packet
+    }
+
+    pub fn stats(&self) -> RtpStats {
+        let expected = self.expected_before + self.expected_this_ssrc();
+        let received = self.received_before + self.received_this_ssrc;
+        RtpStats { expected, lost: expected.saturating_sub(received), ..self.stats }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_follows_the_media_clock() {
+        let t0 = Instant::now();
+        let mut s = RtpSender::new(0xABCD, 0, 65534, u32::MAX - 100, t0);
+        let mut buf = [0u8; MAX_PACKET];
+        assert_eq!(s.due(t0), (1, 0), "the first frame is due at the start");
+        let mut packets = Vec::new();
+        for n in 0..200u64 {
+            // Wake up a little late each time: the schedule must not drift.
+            let now = t0 + FRAME * n as u32 + Duration::from_micros(700);
+            let (due, skipped) = s.due(now);
+            assert_eq!((due, skipped), (1, 0), "frame {n}");
+            assert_eq!(s.next_deadline(), t0 + FRAME * n as u32);
+            let len = s.write_next(&[0xFF; 160], &mut buf);
+            packets.push(RtpPacket::parse(&buf[..len]).unwrap().header);
+        }
+        assert!(packets[0].marker);
+        assert!(packets[1..].iter().all(|h| !h.marker));
+        for pair in packets.windows(2) {
+            assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+            assert_eq!(pair[1].timestamp, pair[0].timestamp.wrapping_add(160));
+        }
+        assert_eq!(s.next_deadline(), t0 + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn stalls_skip_the_backlog_and_mark_a_new_talkspurt() {
+        let t0 = Instant::now();
+        let mut s = RtpSender::new(1, 8, 0, 0, t0);
+        let mut buf = [0u8; MAX_PACKET];
+        s.due(t0);
+        s.write_next(&[0xD5; 160], &mut buf);
+        // One second stalled: 50 frames due, only MAX_BURST sent.
+        let (due, skipped) = s.due(t0 + Duration::from_secs(1));
+        assert_eq!(due, MAX_BURST);
+        assert_eq!(skipped, 51 - 1 - MAX_BURST);
+        let len = s.write_next(&[0xD5; 160], &mut buf);
+        let h = RtpPacket::parse(&buf[..len]).unwrap().header;
+        assert!(h.marker);
+        assert_eq!(h.sequence, 1, "sequence counts packets sent, without gaps");
+        assert_eq!(h.timestamp, (1 + skipped as u32) * 160, "timestamp follows the clock");
+    }
+
+    fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; 12 + 160];
+        RtpHeader { marker: false, payload_type: 0, sequence: seq, timestamp: ts, ssrc }.write(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn receiver_counts_loss_reordering_wrap_and_ssrc_change() {
+        let t0 = Instant::now();
+        let mut r = RtpReceiver::new(8000, t0);
+        let mut now = t0;
+        // 65530..=65535, 0..=9 with 3 lost and one reordered.
+        let mut seqs: Vec<u16> = (65530..=65535).chain(0..10).filter(|s| ![65533, 2, 7].contains(s)).collect();
+        seqs.swap(4, 5);
+        for (i, s) in seqs.iter().enumerate() {
+            now += FRAME;
+            r.on_datagram(now, &packet(*s, 160 * i as u32, 7)).unwrap();
+        }
+        let st = r.stats();
+        assert_eq!(st.expected, 16);
+        assert_eq!(st.lost, 3);
+        assert_eq!(st.packets, 13);
+        // A new SSRC restarts sequence tracking.
+        for s in 100..110u16 {
+            now += FRAME;
+            r.on_datagram(now, &packet(s, u32::from(s) * 160, 8)).unwrap();
+        }
+        let st = r.stats();
+        assert_eq!((st.expected, st.lost, st.ssrc_changes), (26, 3, 1));
+        assert!(r.on_datagram(now, &[1, 2, 3]).is_err());
+        assert_eq!(r.stats().malformed, 1);
+        assert_eq!(r.last_packet(), Some(now));
+    }
+
+    #[test]
+    fn jitter_reflects_arrival_variation() {
+        let t0 = Instant::now();
+        let mut steady = RtpReceiver::new(8000, t0);
+        let mut jittery = RtpReceiver::new(8000, t0);
+        for i in 0..100u32 {
+            let at = t0 + FRAME * i;
+            steady.on_datagram(at, &packet(i as u16, i * 160, 1)).unwrap();
+            let wobble = if i % 2 == 0 { Duration::ZERO } else { Duration::from_millis(10) };
+            jittery.on_datagram(at + wobble, &packet(i as u16, i * 160, 1)).unwrap();
+        }
+        assert!(steady.stats().max_jitter_ms < 0.01);
+        let j = jittery.stats().max_jitter_ms;
+        assert!(j > 5.0 && j < 10.5, "jitter {j}");
+    }
+}

@@ -1,0 +1,656 @@
+//! The daemon's runtime: the SIP task that drives the [`Endpoint`], admits calls
+//! and owns the registry of live calls, and one task per call that runs the
+//! [`Call`] state machine and the call's RTP. Shutdown follows mini-redis: a
+//! `watch` signal, a drain period, then BYE to whatever is left.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::call::{Call, CallAction, CallInput, CallLimits, EndReason};
+use crate::config::Settings;
+use crate::media::prompt::{Player, Prompt, PromptError};
+use crate::media::session::{MAX_PACKET, RtpReceiver, RtpSender};
+use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, SipEvent};
+use crate::sip::message::{Rejection, Request};
+use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
+use crate::sip::transport::{self, Inbound};
+use crate::sip::{Flow, Transport};
+
+/// The greeting built into the binary, used when `greeting.file` is empty.
+pub const BUILTIN_GREETING: &[u8] = include_bytes!("../assets/greeting.wav");
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot listen for SIP on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+}
+
+/// Audio the daemon plays, loaded once and shared by every call.
+#[derive(Debug, Clone)]
+pub struct Prompts {
+    pub greeting: Prompt,
+    pub hold: Option<Prompt>,
+}
+
+impl Prompts {
+    pub fn load(settings: &Settings) -> Result<Self, PromptError> {
+        let greeting = match &settings.greeting_file {
+            Some(path) => Prompt::from_wav_file(path)?,
+            None => Prompt::from_wav_reader(std::io::Cursor::new(BUILTIN_GREETING), "built-in greeting")?,
+        };
+        let hold = settings.hold_file.as_deref().map(Prompt::from_wav_file).transpose()?;
+        Ok(Prompts { greeting, hold })
+    }
+}
+
+/// Counters shared with whoever reports on the daemon (logs now, metrics later).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub live_calls: AtomicUsize,
+    pub calls_total: AtomicU64,
+    pub calls_rejected: AtomicU64,
+    pub draining: AtomicBool,
+}
+
+/// A running daemon.
+pub struct ServerHandle {
+    pub sip_addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Starts draining: new calls get 503, live calls get `drain_seconds`, then BYE.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every call has ended and the SIP task has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Commands from call tasks to the SIP task.
+#[derive(Debug)]
+enum SipCommand {
+    Accept { call: CallKey, sdp: Vec<u8> },
+    Hangup { call: CallKey, reason: EndReason },
+    AnswerReoffer { call: CallKey, answer: Result<Vec<u8>, Rejection> },
+    Finished { call: CallKey },
+}
+
+/// Events from the SIP task to one call task.
+#[derive(Debug)]
+enum CallEvent {
+    Input(CallInput),
+    AckBody(Bytes),
+    Reoffer(Bytes),
+}
+
+/// Binds the SIP sockets and starts the daemon.
+pub async fn start(settings: Settings, prompts: Prompts) -> Result<ServerHandle, ServerError> {
+    let addr = settings.sip_listen;
+    let (udp, tcp) = transport::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+    let sip_addr = udp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+    tokio::spawn(transport::accept_loop(tcp, inbound_tx, settings.raw.sip.max_tcp_connections, shutdown_rx.clone()));
+    let stats = Arc::new(Stats::default());
+    let endpoint = Endpoint::new(EndpointConfig {
+        user_agent: settings.raw.sip.user_agent.clone(),
+        timers: Default::default(),
+        public_addr: settings.public_addr,
+    });
+    let (cmd_tx, cmd_rx) = mpsc::channel(8192);
+    let task = SipTask {
+        endpoint,
+        udp: Arc::new(udp),
+        sip_addr,
+        tcp_writers: HashMap::new(),
+        calls: HashMap::new(),
+        local_ips: HashMap::new(),
+        ports: PortPool::new(settings.rtp_ports, sip_addr.ip()),
+        prompts,
+        stats: stats.clone(),
+        cmd_tx,
+        draining_since: None,
+        settings,
+    };
+    let task = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
+    tracing::info!(%sip_addr, "listening for SIP on UDP and TCP");
+    Ok(ServerHandle { sip_addr, stats, shutdown, task })
+}
+
+struct CallEntry {
+    events: mpsc::Sender<CallEvent>,
+}
+
+struct SipTask {
+    endpoint: Endpoint,
+    udp: Arc<UdpSocket>,
+    sip_addr: SocketAddr,
+    tcp_writers: HashMap<u64, mpsc::Sender<Bytes>>,
+    calls: HashMap<CallKey, CallEntry>,
+    /// Peer IP → our source IP towards it (when listening on 0.0.0.0).
+    local_ips: HashMap<IpAddr, IpAddr>,
+    ports: PortPool,
+    prompts: Prompts,
+    stats: Arc<Stats>,
+    cmd_tx: mpsc::Sender<SipCommand>,
+    draining_since: Option<Instant>,
+    settings: Settings,
+}
+
+impl SipTask {
+    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut commands: mpsc::Receiver<SipCommand>, mut shutdown: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; 65536];
+        let far = Duration::from_secs(3600);
+        let sleep = tokio::time::sleep(far);
+        tokio::pin!(sleep);
+        let mut shutdown_open = true;
+        loop {
+            let now = Instant::now();
+            let mut wake = self.endpoint.poll_timeout().unwrap_or(now + far);
+            if let Some(since) = self.draining_since {
+                let drain_end = since + Duration::from_secs(self.settings.raw.limits.drain_seconds);
+                if now >= drain_end {
+                    self.hang_up_everyone();
+                    // Give the BYEs their transactions (64·T1) before giving up.
+                    if self.calls.is_empty() && (self.endpoint.dialog_count() == 0 || now >= drain_end + Duration::from_secs(32)) {
+                        break;
+                    }
+                    wake = wake.min(now + Duration::from_millis(100));
+                } else {
+                    wake = wake.min(drain_end);
+                }
+                if self.calls.is_empty() && self.endpoint.dialog_count() == 0 {
+                    break;
+                }
+            }
+            sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => match r {
+                    Ok((n, remote)) => {
+                        let flow = Flow { transport: Transport::Udp, remote, local: self.local_addr_for(remote) };
+                        self.endpoint.handle_datagram(Instant::now(), flow, &buf[..n]);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                },
+                Some(msg) = inbound.recv() => match msg {
+                    Inbound::Message { flow, data } => self.endpoint.handle_datagram(Instant::now(), flow, &data),
+                    Inbound::TcpOpened { id, writer } => { self.tcp_writers.insert(id, writer); }
+                    Inbound::TcpClosed { id } => { self.tcp_writers.remove(&id); }
+                },
+                Some(cmd) = commands.recv() => self.command(cmd),
+                _ = &mut sleep => self.endpoint.handle_timeout(Instant::now()),
+                r = shutdown.changed(), if shutdown_open => {
+                    if r.is_err() || *shutdown.borrow() {
+                        shutdown_open = false;
+                        self.draining_since = Some(Instant::now());
+                        self.stats.draining.store(true, Ordering::Relaxed);
+                        tracing::info!(live_calls = self.calls.len(), drain_seconds = self.settings.raw.limits.drain_seconds, "draining: refusing new calls");
+                    }
+                }
+            }
+            self.drain_outputs().await;
+        }
+        tracing::info!("SIP task stopped");
+    }
+
+    fn hang_up_everyone(&mut self) {
+        for entry in self.calls.values() {
+            let _ = entry.events.try_send(CallEvent::Input(CallInput::Shutdown));
+        }
+    }
+
+    fn command(&mut self, cmd: SipCommand) {
+        let now = Instant::now();
+        match cmd {
+            SipCommand::Accept { call, sdp } => self.endpoint.accept(now, call, &sdp),
+            SipCommand::Hangup { call, reason } => self.endpoint.hangup(now, call, reason.as_str()),
+            SipCommand::AnswerReoffer { call, answer } => self.endpoint.answer_reoffer(now, call, answer),
+            SipCommand::Finished { call } => {
+                if self.calls.remove(&call).is_some() {
+                    self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn drain_outputs(&mut self) {
+        while let Some(out) = self.endpoint.poll_output() {
+            match out {
+                Output::Transmit(t) => self.transmit(t.flow, t.data).await,
+                Output::Event(ev) => self.event(ev),
+            }
+        }
+        while let Some(r) = self.endpoint.poll_refusal() {
+            tracing::info!(peer = %r.peer, method = %r.method, status = r.status, reason = %r.reason, "refused request");
+        }
+    }
+
+    async fn transmit(&mut self, flow: Flow, data: Vec<u8>) {
+        match flow.transport {
+            Transport::Udp => {
+                if let Err(e) = self.udp.send_to(&data, flow.remote).await {
+                    tracing::debug!(peer = %flow.remote, error = %e, "UDP send failed");
+                }
+            }
+            Transport::Tcp(id) => match self.tcp_writers.get(&id) {
+                Some(w) => {
+                    if w.try_send(Bytes::from(data)).is_err() {
+                        tracing::warn!(peer = %flow.remote, "TCP connection backlogged or closed; message dropped");
+                    }
+                }
+                None => tracing::debug!(peer = %flow.remote, "TCP connection gone; message dropped"),
+            },
+        }
+    }
+
+    fn event(&mut self, ev: SipEvent) {
+        let (call, event) = match ev {
+            SipEvent::Invite { call, request, flow } => return self.admit(call, *request, flow),
+            SipEvent::Confirmed { call, body } if !body.is_empty() => (call, CallEvent::AckBody(body)),
+            SipEvent::Confirmed { call, .. } => (call, CallEvent::Input(CallInput::Confirmed)),
+            SipEvent::Cancelled { call } => (call, CallEvent::Input(CallInput::Cancelled)),
+            SipEvent::ByeReceived { call } => (call, CallEvent::Input(CallInput::ByeReceived)),
+            SipEvent::AckTimeout { call } => (call, CallEvent::Input(CallInput::AckTimeout)),
+            SipEvent::Reoffer { call, body } => (call, CallEvent::Reoffer(body)),
+            SipEvent::Terminated { call } => (call, CallEvent::Input(CallInput::Terminated)),
+        };
+        if let Some(entry) = self.calls.get(&call) {
+            if entry.events.try_send(event).is_err() {
+                tracing::warn!(%call, "call task is not keeping up; signalling event dropped");
+            }
+        }
+    }
+
+    /// Decides about a new INVITE: capacity, SDP, an RTP port; then answers and
+    /// starts the call task.
+    fn admit(&mut self, call: CallKey, request: Request, flow: Flow) {
+        let now = Instant::now();
+        let limits = &self.settings.raw.limits;
+        let retry_after = limits.retry_after_seconds.to_string();
+        if self.draining_since.is_some() {
+            self.stats.calls_rejected.fetch_add(1, Ordering::Relaxed);
+            let r = Rejection::new(503, "Service Unavailable: shutting down").with_header("Retry-After", retry_after);
+            return self.endpoint.reject(now, call, r);
+        }
+        if self.calls.len() >= limits.max_calls {
+            self.stats.calls_rejected.fetch_add(1, Ordering::Relaxed);
+            let r = Rejection::new(503, format!("Service Unavailable: at capacity ({} calls)", limits.max_calls)).with_header("Retry-After", retry_after);
+            return self.endpoint.reject(now, call, r);
+        }
+        let offer = match sdp_body(&request) {
+            Ok(body) => body,
+            Err(r) => return self.endpoint.reject(now, call, r),
+        };
+        let socket = match self.ports.allocate() {
+            Some(s) => s,
+            None => {
+                let r = Rejection::new(503, "Service Unavailable: no free RTP port").with_header("Retry-After", retry_after);
+                return self.endpoint.reject(now, call, r);
+            }
+        };
+        let rtp_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+        let media_ip = self.settings.public_addr.map_or(flow.local.ip(), |a| a.ip());
+        let mut rng = rand::rng();
+        let local = LocalMedia { addr: media_ip, port: rtp_port, session_id: rng.random_range(1..u32::MAX as u64), version: 1 };
+        let (negotiated, body) = match &offer {
+            Some(offer) => {
+                let answer = SessionDescription::parse(offer).and_then(|sd| sdp::answer(&sd, &local));
+                match answer {
+                    Ok((n, body)) => (Some(n), body),
+                    Err(e) => {
+                        let reason = match e.status() {
+                            488 => format!("Not Acceptable Here: {e}"),
+                            _ => format!("Bad Request: {e}"),
+                        };
+                        return self.endpoint.reject(now, call, Rejection::new(e.status(), reason));
+                    }
+                }
+            }
+            None => (None, sdp::offer(&local)),
+        };
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register RTP socket");
+                return self.endpoint.reject(now, call, Rejection::new(500, "Server Internal Error: RTP socket"));
+            }
+        };
+        let answer_delay = Duration::from_millis(self.settings.raw.sip.answer_delay_ms);
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let ctx = CallContext {
+            key: call,
+            sip_call_id: request.call_id.clone(),
+            caller: request.from.uri.user_decoded().unwrap_or_else(|| "anonymous".into()),
+            callee: request.uri.user_decoded().unwrap_or_default(),
+            peer: flow.remote,
+            socket,
+            local,
+            negotiated,
+            player: Player::new(self.prompts.greeting.clone(), self.prompts.hold.clone()),
+            limits: CallLimits {
+                max_duration: Duration::from_secs(self.settings.raw.limits.max_call_seconds),
+                rtp_timeout: Duration::from_secs(self.settings.raw.rtp.timeout_seconds),
+            },
+            events: events_rx,
+            commands: self.cmd_tx.clone(),
+            answer_delay,
+            answer_sdp: body.clone().into_bytes(),
+        };
+        if answer_delay.is_zero() {
+            self.endpoint.accept(now, call, body.as_bytes());
+        } else {
+            self.endpoint.ring(call);
+        }
+        self.calls.insert(call, CallEntry { events: events_tx });
+        self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
+        self.stats.calls_total.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(run_call(ctx, now));
+    }
+
+    /// Our address as the peer sees it: the listen address, or (listening on
+    /// 0.0.0.0) the source address the kernel routes towards the peer.
+    fn local_addr_for(&mut self, remote: SocketAddr) -> SocketAddr {
+        if !self.sip_addr.ip().is_unspecified() {
+            return self.sip_addr;
+        }
+        let port = self.sip_addr.port();
+        if let Some(ip) = self.local_ips.get(&remote.ip()) {
+            return SocketAddr::new(*ip, port);
+        }
+        let ip = route_source(remote).unwrap_or(self.sip_addr.ip());
+        if self.local_ips.len() > 10_000 {
+            self.local_ips.clear();
+        }
+        self.local_ips.insert(remote.ip(), ip);
+        SocketAddr::new(ip, port)
+    }
+}
+
+fn route_source(remote: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if remote.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+    let probe = StdUdpSocket::bind(bind).ok()?;
+    probe.connect(remote).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// The SDP offer in an INVITE: the body, or the `application/sdp` part of a
+/// `multipart/mixed` body. `None` for a delayed offer.
+fn sdp_body(req: &Request) -> Result<Option<Bytes>, Rejection> {
+    if req.body.is_empty() {
+        return Ok(None);
+    }
+    let ct = req.headers.get("Content-Type").unwrap_or("application/sdp");
+    let media_type = ct.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("multipart/mixed") {
+        return Ok(Some(req.body.clone()));
+    }
+    let boundary = ct
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+        .ok_or_else(|| Rejection::new(400, "Bad Request: multipart body without a boundary"))?;
+    let text = String::from_utf8_lossy(&req.body);
+    let delimiter = format!("--{boundary}");
+    for part in text.split(delimiter.as_str()).skip(1) {
+        let part = part.trim_start_matches("\r\n");
+        let Some((head, body)) = part.split_once("\r\n\r\n") else { continue };
+        let is_sdp = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| n.trim().eq_ignore_ascii_case("content-type") && v.trim().to_ascii_lowercase().starts_with("application/sdp"))
+        });
+        if is_sdp {
+            let body = body.strip_suffix("\r\n").unwrap_or(body);
+            return Ok(Some(Bytes::from(body.to_owned())));
+        }
+    }
+    Err(Rejection::new(415, "Unsupported Media Type: multipart body has no application/sdp part").with_header("Accept", "application/sdp"))
+}
+
+/// Even RTP ports from the configured range, handed out round-robin so a port is
+/// not reused the moment a call ends (late packets from the old call).
+struct PortPool {
+    range: (u16, u16),
+    next: u16,
+    ip: IpAddr,
+}
+
+impl PortPool {
+    fn new(range: (u16, u16), ip: IpAddr) -> Self {
+        let start = range.0 + 2 * rand::rng().random_range(0..=(range.1 - range.0) / 2);
+        PortPool { range, next: start, ip }
+    }
+
+    fn allocate(&mut self) -> Option<StdUdpSocket> {
+        let count = (self.range.1 - self.range.0) / 2 + 1;
+        for _ in 0..count {
+            let port = self.next;
+            self.next = if port + 2 > self.range.1 { self.range.0 } else { port + 2 };
+            if let Ok(sock) = StdUdpSocket::bind(SocketAddr::new(self.ip, port)) {
+                if sock.set_nonblocking(true).is_ok() {
+                    return Some(sock);
+                }
+            }
+        }
+        None
+    }
+}
+
+struct CallContext {
+    key: CallKey,
+    sip_call_id: String,
+    caller: String,
+    callee: String,
+    peer: SocketAddr,
+    socket: UdpSocket,
+    local: LocalMedia,
+    negotiated: Option<Negotiated>,
+    player: Player,
+    limits: CallLimits,
+    events: mpsc::Receiver<CallEvent>,
+    commands: mpsc::Sender<SipCommand>,
+    answer_delay: Duration,
+    answer_sdp: Vec<u8>,
+}
+
+/// One call: its state machine, its RTP socket, its media clock.
+async fn run_call(mut ctx: CallContext, created: Instant) {
+    let mut call = Call::new(created, ctx.limits);
+    let mut receiver = RtpReceiver::new(8000, created);
+    let mut sender: Option<RtpSender> = None;
+    let mut dest = ctx.negotiated.map(|n| n.remote);
+    let mut latched = false;
+    let mut recv_buf = [0u8; 2048];
+    let mut send_buf = [0u8; MAX_PACKET];
+    let mut skipped_total = 0u64;
+    let mut media_started_at: Option<Instant> = None;
+    tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
+
+    let mut answer_at = None;
+    if ctx.answer_delay.is_zero() {
+        if ctx.negotiated.is_some() {
+            call.handle(created, CallInput::Answered);
+        }
+    } else {
+        answer_at = Some(created + ctx.answer_delay);
+    }
+
+    let far = Duration::from_secs(86_400);
+    let sleep = tokio::time::sleep(far);
+    tokio::pin!(sleep);
+    let reason = loop {
+        let mut ended = None;
+        while let Some(action) = call.poll_action() {
+            match action {
+                CallAction::StartMedia => {
+                    let now = Instant::now();
+                    let mut rng = rand::rng();
+                    let pt = ctx.negotiated.map_or(0, |n| n.payload_type);
+                    sender = Some(RtpSender::new(rng.random(), pt, rng.random(), rng.random(), now));
+                    media_started_at = Some(now);
+                }
+                CallAction::StopMedia => sender = None,
+                CallAction::Hangup(reason) => {
+                    let _ = ctx.commands.send(SipCommand::Hangup { call: ctx.key, reason }).await;
+                }
+                CallAction::Ended(reason) => ended = Some(reason),
+            }
+        }
+        if let Some(reason) = ended {
+            break reason;
+        }
+        let mut wake = call.poll_timeout().unwrap_or(Instant::now() + far);
+        if let Some(at) = answer_at {
+            wake = wake.min(at);
+        }
+        if let Some(s) = &sender {
+            wake = wake.min(s.next_deadline());
+        }
+        sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
+        tokio::select! {
+            biased;
+            _ = &mut sleep => {
+                let now = Instant::now();
+                if answer_at.is_some_and(|at| now >= at) {
+                    answer_at = None;
+                    let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp: std::mem::take(&mut ctx.answer_sdp) }).await;
+                    if ctx.negotiated.is_some() {
+                        call.handle(now, CallInput::Answered);
+                    }
+                }
+                if let (Some(s), Some(n)) = (sender.as_mut(), ctx.negotiated) {
+                    let (due, skipped) = s.due(now);
+                    skipped_total += skipped;
+                    for _ in 0..skipped {
+                        ctx.player.skip();
+                    }
+                    for _ in 0..due {
+                        if call.sending() && n.direction.sends() {
+                            let payload = ctx.player.next_frame(n.codec);
+                            let len = s.write_next(payload, &mut send_buf);
+                            if let Some(to) = dest {
+                                let _ = ctx.socket.send_to(&send_buf[..len], to).await;
+                            }
+                        } else {
+                            ctx.player.skip();
+                            s.skip_one();
+                        }
+                    }
+                }
+                call.handle_timeout(now);
+            }
+            r = ctx.socket.recv_from(&mut recv_buf) => {
+                if let Ok((n, from)) = r {
+                    let now = Instant::now();
+                    if receiver.on_datagram(now, &recv_buf[..n]).is_ok() {
+                        // Symmetric RTP (comedia): answer where the caller's media comes from.
+                        if !latched {
+                            latched = true;
+                            if dest != Some(from) {
+                                tracing::debug!(call = %ctx.key, sdp = ?dest, actual = %from, "latching RTP to the caller's source address");
+                            }
+                            dest = Some(from);
+                        }
+                        call.on_rtp(now);
+                    }
+                }
+            }
+            ev = ctx.events.recv() => {
+                let now = Instant::now();
+                match ev {
+                    None => call.handle(now, CallInput::Shutdown),
+                    Some(CallEvent::Input(input)) => call.handle(now, input),
+                    Some(CallEvent::AckBody(body)) => {
+                        match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
+                            Ok(n) => {
+                                ctx.negotiated = Some(n);
+                                dest = Some(n.remote);
+                                call.handle(now, CallInput::Confirmed);
+                                set_direction(&mut call, now, n.direction);
+                            }
+                            Err(e) => {
+                                tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer");
+                                call.handle(now, CallInput::Confirmed);
+                                call.handle(now, CallInput::Shutdown);
+                            }
+                        }
+                    }
+                    Some(CallEvent::Reoffer(body)) => {
+                        let answer = reoffer(&mut ctx, &body);
+                        if let Ok((n, _)) = &answer {
+                            if dest.map(|d| d.ip()) != Some(n.remote.ip()) || !latched {
+                                dest = Some(n.remote);
+                                latched = false;
+                            }
+                            if let Some(s) = sender.as_mut() {
+                                s.set_payload_type(n.payload_type);
+                            }
+                            set_direction(&mut call, now, n.direction);
+                        }
+                        let answer = answer.map(|(_, body)| body.into_bytes());
+                        let _ = ctx.commands.send(SipCommand::AnswerReoffer { call: ctx.key, answer }).await;
+                    }
+                }
+            }
+        }
+    };
+
+    let stats = receiver.stats();
+    let sent = sender.as_ref().map_or(0, |s| s.packets_sent());
+    let _ = sent;
+    let duration = created.elapsed();
+    tracing::info!(
+        call = %ctx.key,
+        call_id = %ctx.sip_call_id,
+        caller = %ctx.caller,
+        reason = %reason,
+        duration_ms = duration.as_millis() as u64,
+        answered_ms = media_started_at.map(|t| t.duration_since(created).as_millis() as u64),
+        confirmed_ms = call.confirmed_at().map(|t| t.duration_since(created).as_millis() as u64),
+        rtp_in_packets = stats.packets,
+        rtp_in_lost = stats.lost,
+        rtp_in_malformed = stats.malformed,
+        rtp_in_ssrc_changes = stats.ssrc_changes,
+        rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
+        rtp_out_skipped = skipped_total,
+        "call ended"
+    );
+    let _ = ctx.commands.send(SipCommand::Finished { call: ctx.key }).await;
+}
+
+fn set_direction(call: &mut Call, now: Instant, ours: Direction) {
+    let caller_sends = matches!(ours, Direction::SendRecv | Direction::RecvOnly);
+    call.handle(now, CallInput::Direction { we_send: ours.sends(), caller_sends });
+}
+
+fn reoffer(ctx: &mut CallContext, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
+    ctx.local.version += 1;
+    if body.is_empty() {
+        // An offerless re-INVITE: offer what we have (the answer comes in the ACK).
+        let n = ctx.negotiated.ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
+        return Ok((n, sdp::offer(&ctx.local)));
+    }
+    let sd = SessionDescription::parse(body).map_err(|e| Rejection::new(e.status(), format!("Bad SDP: {e}")))?;
+    let (n, answer) = sdp::answer(&sd, &ctx.local).map_err(|e| Rejection::new(e.status(), format!("Not Acceptable Here: {e}")))?;
+    ctx.negotiated = Some(n);
+    Ok((n, answer))
+}

@@ -1,0 +1,401 @@
+//! SDP (RFC 4566) parsing and the offer/answer rules (RFC 3264) for one audio
+//! stream: G.711 μ-law/A-law in the caller's order of preference, RFC 4733
+//! `telephone-event` always accepted on the caller's payload type, every other
+//! stream refused with port 0, hold by direction attributes or `c=0.0.0.0`.
+//!
+//! Pure functions: the call layer decides what to do with the result.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use thiserror::Error;
+
+use crate::media::g711::G711;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SdpError {
+    #[error("SDP is not UTF-8 text")]
+    NotText,
+    #[error("SDP line {0:?} is malformed")]
+    Line(String),
+    #[error("SDP has no v=0 line")]
+    NoVersion,
+    #[error("SDP offers no audio stream")]
+    NoAudio,
+    #[error("audio stream has no connection address (c=)")]
+    NoConnection,
+    #[error("no common codec: offered {0}, we accept PCMU and PCMA")]
+    NoCommonCodec(String),
+}
+
+impl SdpError {
+    /// The SIP status that reports this error (RFC 3261 §21.4.26 for 488).
+    pub fn status(&self) -> u16 {
+        match self {
+            SdpError::NoCommonCodec(_) => 488,
+            _ => 400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// The direction an answerer uses for an offer in this direction.
+    fn reverse(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            other => other,
+        }
+    }
+
+    /// Whether the side with this direction may send media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpMap {
+    pub payload_type: u8,
+    pub encoding: String,
+    pub clock_rate: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaDescription {
+    pub kind: String,
+    pub port: u16,
+    pub proto: String,
+    pub formats: Vec<String>,
+    pub connection: Option<IpAddr>,
+    pub rtpmaps: Vec<RtpMap>,
+    pub direction: Option<Direction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDescription {
+    pub connection: Option<IpAddr>,
+    pub direction: Option<Direction>,
+    pub media: Vec<MediaDescription>,
+}
+
+impl SessionDescription {
+    pub fn parse(body: &[u8]) -> Result<Self, SdpError> {
+        let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
+        let mut sd = SessionDescription { connection: None, direction: None, media: Vec::new() };
+        let mut saw_version = false;
+        for line in text.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (kind, value) = line.split_once('=').ok_or_else(|| SdpError::Line(line.chars().take(60).collect()))?;
+            let bad = || SdpError::Line(line.chars().take(60).collect());
+            match kind {
+                "v" => {
+                    if value.trim() != "0" {
+                        return Err(bad());
+                    }
+                    saw_version = true;
+                }
+                "c" => {
+                    let addr = parse_connection(value).ok_or_else(bad)?;
+                    match sd.media.last_mut() {
+                        Some(m) => m.connection = Some(addr),
+                        None => sd.connection = Some(addr),
+                    }
+                }
+                "m" => {
+                    let mut words = value.split_whitespace();
+                    let kind = words.next().ok_or_else(bad)?.to_owned();
+                    let port = words.next().ok_or_else(bad)?;
+                    // `port/count` (RFC 4566 §5.14) — only the base port matters here.
+                    let port = port.split('/').next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(bad)?;
+                    let proto = words.next().ok_or_else(bad)?.to_owned();
+                    let formats = words.map(str::to_owned).collect();
+                    sd.media.push(MediaDescription { kind, port, proto, formats, connection: None, rtpmaps: Vec::new(), direction: None });
+                }
+                "a" => {
+                    let (name, arg) = value.split_once(':').unwrap_or((value, ""));
+                    let direction = match name {
+                        "sendrecv" => Some(Direction::SendRecv),
+                        "sendonly" => Some(Direction::SendOnly),
+                        "recvonly" => Some(Direction::RecvOnly),
+                        "inactive" => Some(Direction::Inactive),
+                        _ => None,
+                    };
+                    match (direction, sd.media.last_mut()) {
+                        (Some(d), Some(m)) => m.direction = Some(d),
+                        (Some(d), None) => sd.direction = Some(d),
+                        (None, Some(m)) if name == "rtpmap" => {
+                            if let Some(map) = parse_rtpmap(arg) {
+                                m.rtpmaps.push(map);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !saw_version {
+            return Err(SdpError::NoVersion);
+        }
+        Ok(sd)
+    }
+}
+
+fn parse_connection(value: &str) -> Option<IpAddr> {
+    let mut words = value.split_whitespace();
+    if words.next()? != "IN" {
+        return None;
+    }
+    let family = words.next()?;
+    // Multicast TTL suffix (`/127`) is irrelevant for unicast telephony.
+    let addr = words.next()?.split('/').next()?;
+    match family {
+        "IP4" => addr.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        "IP6" => addr.parse().ok().map(IpAddr::V6),
+        _ => None,
+    }
+}
+
+fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
+    let (pt, rest) = arg.trim().split_once(' ')?;
+    let mut parts = rest.trim().split('/');
+    let encoding = parts.next()?.to_owned();
+    let clock_rate = parts.next()?.parse().ok()?;
+    Some(RtpMap { payload_type: pt.parse().ok()?, encoding, clock_rate })
+}
+
+/// What the offer/answer exchange settled for the call's audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub codec: G711,
+    pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    /// Where the SDP says to send RTP (until symmetric RTP learns better).
+    pub remote: SocketAddr,
+    /// Our direction: whether we may send (`sends()`) to the caller.
+    pub direction: Direction,
+}
+
+/// Our side of the session: address, RTP port, and the `o=` line's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalMedia {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub session_id: u64,
+    pub version: u64,
+}
+
+/// Payload type we offer for telephone-event when we make the offer.
+pub const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
+
+/// Answers `offer` (RFC 3264 §6): returns the negotiated audio and the answer body.
+pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotiated, String), SdpError> {
+    let audio_index = offer.media.iter().position(|m| m.kind == "audio" && m.port != 0 && m.proto.starts_with("RTP/AVP"));
+    let Some(audio_index) = audio_index else {
+        return Err(SdpError::NoAudio);
+    };
+    let audio = &offer.media[audio_index];
+    let (codec, payload_type) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
+    let telephone_event = audio.rtpmaps.iter().find(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000).map(|m| m.payload_type);
+    let conn = audio.connection.or(offer.connection).ok_or(SdpError::NoConnection)?;
+    let offered = audio.direction.or(offer.direction).unwrap_or(Direction::SendRecv);
+    // RFC 2543 hold: c=0.0.0.0 means "do not send to me".
+    let mut direction = offered.reverse();
+    if conn.is_unspecified() && direction.sends() {
+        direction = if direction == Direction::SendRecv { Direction::RecvOnly } else { Direction::Inactive };
+    }
+    let negotiated = Negotiated { codec, payload_type, telephone_event, remote: SocketAddr::new(conn, audio.port), direction };
+    let mut body = session_header(local);
+    for (i, m) in offer.media.iter().enumerate() {
+        if i == audio_index {
+            write_audio(&mut body, local.port, payload_type, codec, telephone_event, direction);
+        } else {
+            // Refuse every other stream, keeping the offer's m-line order (§6).
+            let fmt = m.formats.first().map_or("0", String::as_str);
+            let _ = write!(body, "m={} 0 {} {}\r\n", m.kind, m.proto, fmt);
+        }
+    }
+    Ok((negotiated, body))
+}
+
+/// Our offer, for an INVITE that arrived without one (delayed offer).
+pub fn offer(local: &LocalMedia) -> String {
+    let mut body = session_header(local);
+    let _ = write!(
+        body,
+        "m=audio {} RTP/AVP 0 8 {te}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+        local.port,
+        te = OFFER_TELEPHONE_EVENT_PT
+    );
+    body
+}
+
+/// Reads the answer to our offer (the ACK body of a delayed-offer call).
+pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError> {
+    let audio = answer.media.iter().find(|m| m.kind == "audio" && m.port != 0).ok_or(SdpError::NoAudio)?;
+    let (codec, payload_type) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
+    let telephone_event = audio
+        .rtpmaps
+        .iter()
+        .find(|m| m.encoding.eq_ignore_ascii_case("telephone-event"))
+        .map(|m| m.payload_type);
+    let conn = audio.connection.or(answer.connection).ok_or(SdpError::NoConnection)?;
+    let theirs = audio.direction.or(answer.direction).unwrap_or(Direction::SendRecv);
+    Ok(Negotiated { codec, payload_type, telephone_event, remote: SocketAddr::new(conn, audio.port), direction: theirs.reverse() })
+}
+
+fn choose_codec(m: &MediaDescription) -> Option<(G711, u8)> {
+    m.formats.iter().filter_map(|f| f.parse::<u8>().ok()).find_map(|pt| {
+        let codec = match m.rtpmaps.iter().find(|r| r.payload_type == pt) {
+            Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMU") => Some(G711::Ulaw),
+            Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMA") => Some(G711::Alaw),
+            Some(_) => None,
+            None if pt == 0 => Some(G711::Ulaw),
+            None if pt == 8 => Some(G711::Alaw),
+            None => None,
+        };
+        codec.map(|c| (c, pt))
+    })
+}
+
+fn describe_formats(m: &MediaDescription) -> String {
+    let names: Vec<String> = m
+        .formats
+        .iter()
+        .map(|f| match m.rtpmaps.iter().find(|r| r.payload_type.to_string() == *f) {
+            Some(r) => format!("{}/{}", r.encoding, r.clock_rate),
+            None => format!("pt {f}"),
+        })
+        .collect();
+    names.join(", ")
+}
+
+fn session_header(local: &LocalMedia) -> String {
+    let family = if local.addr.is_ipv4() { "IP4" } else { "IP6" };
+    let mut body = String::with_capacity(320);
+    let _ = write!(
+        body,
+        "v=0\r\no=precall {} {} IN {family} {addr}\r\ns=precall\r\nc=IN {family} {addr}\r\nt=0 0\r\n",
+        local.session_id,
+        local.version,
+        addr = local.addr
+    );
+    body
+}
+
+fn write_audio(body: &mut String, port: u16, pt: u8, codec: G711, te: Option<u8>, direction: Direction) {
+    let name = match codec {
+        G711::Ulaw => "PCMU",
+        G711::Alaw => "PCMA",
+    };
+    let _ = write!(body, "m=audio {port} RTP/AVP {pt}");
+    if let Some(te) = te {
+        let _ = write!(body, " {te}");
+    }
+    let _ = write!(body, "\r\na=rtpmap:{pt} {name}/8000\r\n");
+    if let Some(te) = te {
+        let _ = write!(body, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n");
+    }
+    let _ = write!(body, "a=ptime:20\r\na={}\r\n", direction.attribute());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalMedia {
+        LocalMedia { addr: "192.0.2.10".parse().unwrap(), port: 10000, session_id: 7, version: 1 }
+    }
+
+    fn offer_with(media: &str) -> SessionDescription {
+        let text = format!("v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n{media}");
+        SessionDescription::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn prefers_callers_order_and_keeps_telephone_event_pt() {
+        let o = offer_with("m=audio 4000 RTP/AVP 8 0 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 telephone-event/8000\r\n");
+        let (n, body) = answer(&o, &local()).unwrap();
+        assert_eq!(n.codec, G711::Alaw);
+        assert_eq!(n.payload_type, 8);
+        assert_eq!(n.telephone_event, Some(96));
+        assert_eq!(n.remote, "198.51.100.1:4000".parse().unwrap());
+        assert!(body.contains("m=audio 10000 RTP/AVP 8 96\r\n"), "{body}");
+        assert!(body.contains("a=rtpmap:96 telephone-event/8000\r\n"));
+        assert!(body.contains("a=sendrecv"));
+        let o = offer_with("m=audio 4000 RTP/AVP 0 8\r\n");
+        assert_eq!(answer(&o, &local()).unwrap().0.codec, G711::Ulaw);
+    }
+
+    #[test]
+    fn skips_unsupported_codecs_and_dynamic_g711() {
+        let o = offer_with("m=audio 4000 RTP/AVP 9 111 97\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:97 PCMU/8000\r\n");
+        let (n, _) = answer(&o, &local()).unwrap();
+        assert_eq!((n.codec, n.payload_type, n.telephone_event), (G711::Ulaw, 97, None));
+    }
+
+    #[test]
+    fn no_common_codec_is_488() {
+        let o = offer_with("m=audio 4000 RTP/AVP 9 18\r\na=rtpmap:18 G729/8000\r\n");
+        let e = answer(&o, &local()).unwrap_err();
+        assert_eq!(e.status(), 488);
+        assert!(e.to_string().contains("G729/8000"), "{e}");
+    }
+
+    #[test]
+    fn no_audio_is_400_and_other_streams_are_refused() {
+        let o = offer_with("m=video 5000 RTP/AVP 31\r\n");
+        assert_eq!(answer(&o, &local()).unwrap_err(), SdpError::NoAudio);
+        assert_eq!(SdpError::NoAudio.status(), 400);
+        let o = offer_with("m=audio 4000 RTP/AVP 0\r\nm=video 5000 RTP/AVP 31\r\n");
+        let (_, body) = answer(&o, &local()).unwrap();
+        assert!(body.contains("m=video 0 RTP/AVP 31\r\n"), "{body}");
+        assert!(SessionDescription::parse(b"o=- 1 1 IN IP4 1.2.3.4\r\n").is_err());
+        assert!(SessionDescription::parse(b"v=0\r\nm=audio port RTP/AVP 0\r\n").is_err());
+    }
+
+    #[test]
+    fn hold_directions() {
+        let o = offer_with("m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n");
+        let (n, body) = answer(&o, &local()).unwrap();
+        assert_eq!(n.direction, Direction::RecvOnly);
+        assert!(!n.direction.sends());
+        assert!(body.contains("a=recvonly"));
+        let o = offer_with("m=audio 4000 RTP/AVP 0\r\na=inactive\r\n");
+        assert_eq!(answer(&o, &local()).unwrap().0.direction, Direction::Inactive);
+        let text = "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let o = SessionDescription::parse(text.as_bytes()).unwrap();
+        assert_eq!(answer(&o, &local()).unwrap().0.direction, Direction::RecvOnly);
+    }
+
+    #[test]
+    fn delayed_offer_round_trip() {
+        let ours = offer(&local());
+        assert!(ours.contains("m=audio 10000 RTP/AVP 0 8 101"));
+        let their_answer = offer_with("m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n");
+        let n = accept_answer(&their_answer).unwrap();
+        assert_eq!((n.codec, n.telephone_event, n.remote.port()), (G711::Alaw, Some(101), 6000));
+    }
+}
