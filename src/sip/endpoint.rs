@@ -292,6 +292,15 @@ impl Endpoint {
                 return;
             }
         }
+        // §8.2.2.3: Require options we do not support (never for ACK or CANCEL).
+        if req.method != "ACK" && req.method != "CANCEL" {
+            let unsupported: Vec<&str> = req.headers.list("Require").collect();
+            if !unsupported.is_empty() {
+                let list = unsupported.join(", ");
+                let r = Rejection::new(420, format!("Bad Extension: {list} not supported")).with_header("Unsupported", list);
+                return self.refuse(now, flow, req, key, r);
+            }
+        }
         match req.method.as_str() {
             "ACK" => self.handle_ack(now, req),
             "CANCEL" => self.handle_cancel(now, flow, req),
@@ -318,13 +327,6 @@ impl Endpoint {
     }
 
     fn handle_invite(&mut self, now: Instant, flow: Flow, req: Request, key: String) {
-        // §8.2.2.3: Require options we do not support.
-        let unsupported: Vec<&str> = req.headers.list("Require").collect();
-        if !unsupported.is_empty() {
-            let list = unsupported.join(", ");
-            let r = Rejection::new(420, format!("Bad Extension: {list} not supported")).with_header("Unsupported", list);
-            return self.refuse(now, flow, req, key, r);
-        }
         // §8.2.3: body types we cannot read.
         if !req.body.is_empty() {
             let ct = req.headers.get("Content-Type").unwrap_or("");

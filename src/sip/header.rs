@@ -139,7 +139,7 @@ impl NameAddr {
             // addr-spec: no display name, and any `;` starts a header parameter; a URI
             // with `?headers` or `,` must be enclosed in <> (RFC 3261 §20.10).
             let (uri, rest) = match value.find(';') {
-                Some(i) => (&value[..i], &value[i..]),
+                Some(i) => (value[..i].trim_end(), &value[i..]),
                 None => (value, ""),
             };
             if uri.contains('?') || uri.contains(',') {

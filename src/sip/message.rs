@@ -113,6 +113,9 @@ pub struct RawMessage {
     pub body: Bytes,
     /// The Content-Length header disagreed with the datagram (RFC 4475 clerr).
     pub body_short: bool,
+    /// The request line could be split into method, URI and version, but not by
+    /// the grammar's single spaces; answered with 400 once the headers are known.
+    pub start_error: Option<String>,
 }
 
 /// Splits a complete message (a UDP datagram or one framed TCP message).
@@ -123,11 +126,13 @@ pub fn parse(data: &[u8]) -> Result<RawMessage, ParseError> {
     // RFC 3261 §7.5: ignore CRLFs before the start line.
     let start = data.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(data.len());
     let data = &data[start..];
-    let (head_len, body_start) = header_end(data).ok_or(ParseError::Incomplete)?;
+    // A datagram is one whole message: if the empty line after the headers is
+    // missing, the headers end with the datagram (Postel; RFC 4475 baddn lacks it).
+    let (head_len, body_start) = header_end(data).unwrap_or((data.len(), data.len()));
     let head = std::str::from_utf8(&data[..head_len]).map_err(|_| ParseError::NotUtf8)?;
     let mut lines = unfold(head);
     let first = lines.next().ok_or_else(|| ParseError::StartLine(String::new()))?;
-    let start = parse_start_line(&first)?;
+    let (start, start_error) = parse_start_line(&first)?;
     let mut headers = Headers::default();
     for line in lines {
         let (name, value) = line.split_once(':').ok_or_else(|| ParseError::HeaderLine(truncate(&line)))?;
@@ -148,7 +153,7 @@ pub fn parse(data: &[u8]) -> Result<RawMessage, ParseError> {
         Some(_) => (Bytes::copy_from_slice(rest), true),
         None => (Bytes::copy_from_slice(rest), false),
     };
-    Ok(RawMessage { start, headers, body, body_short })
+    Ok(RawMessage { start, headers, body, body_short, start_error })
 }
 
 /// For stream transports: the length of the first complete message in `buf`, or
@@ -216,7 +221,7 @@ fn unfold(head: &str) -> impl Iterator<Item = String> + '_ {
     out.into_iter()
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
+fn parse_start_line(line: &str) -> Result<(StartLine, Option<String>), ParseError> {
     let bad = || ParseError::StartLine(truncate(line));
     if let Some(rest) = line.strip_prefix("SIP/") {
         let mut parts = rest.splitn(3, ' ');
@@ -224,21 +229,23 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         let code = parts.next().ok_or_else(bad)?;
         let reason = parts.next().unwrap_or("").to_owned();
         let status = code.parse::<u16>().ok().filter(|c| code.len() == 3 && (100..700).contains(c)).ok_or_else(bad)?;
-        return Ok(StartLine::Response { version, status, reason });
+        return Ok((StartLine::Response { version, status, reason }, None));
     }
     // Request-Line = Method SP Request-URI SP SIP-Version: exactly one space each,
-    // nothing trailing (RFC 4475 lwsstart, lwsruri, trws).
-    let parts: Vec<&str> = line.split(' ').collect();
-    let [method, uri, version] = parts[..] else {
-        return Err(ParseError::StartLine(format!("expected `METHOD URI SIP/2.0` separated by single spaces, got {:?}", truncate(line))));
-    };
-    if method.is_empty() || !method.bytes().all(is_token_byte) {
-        return Err(ParseError::StartLine(format!("method {method:?} is not a token")));
+    // nothing trailing (RFC 4475 lwsstart, lwsruri, trws). A line that still has a
+    // method, something and a version is kept so the peer can be told what is wrong.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.len() < 3 {
+        return Err(bad());
     }
-    if !version.starts_with("SIP/") {
-        return Err(ParseError::StartLine(format!("{version:?} is not a SIP version")));
+    let (method, version) = (words[0], words[words.len() - 1]);
+    let uri = words[1..words.len() - 1].join(" ");
+    if method.is_empty() || !method.bytes().all(is_token_byte) || !version.starts_with("SIP/") {
+        return Err(bad());
     }
-    Ok(StartLine::Request { method: method.to_owned(), uri: uri.to_owned(), version: version.to_owned() })
+    let error = (line.split(' ').count() != 3 || words.len() != 3)
+        .then(|| "Bad Request-Line: method, Request-URI and SIP version must be separated by single spaces".to_owned());
+    Ok((StartLine::Request { method: method.to_owned(), uri, version: version.to_owned() }, error))
 }
 
 fn truncate(s: &str) -> String {
@@ -298,6 +305,9 @@ impl Request {
             return Err(Rejection::new(400, "Not a request"));
         };
         let h = &raw.headers;
+        if let Some(why) = &raw.start_error {
+            return Err(Rejection::new(400, why.clone()));
+        }
         if version != "SIP/2.0" {
             return Err(Rejection::new(505, format!("Version Not Supported: {version}, only SIP/2.0")));
         }

@@ -64,15 +64,16 @@ impl Uri {
                 Ok(Uri { scheme, user: Some(number.to_owned()), host: String::new(), port: None, params, has_headers: false, raw })
             }
             Scheme::Sip | Scheme::Sips => {
-                let (rest, has_headers) = match rest.split_once('?') {
-                    Some((r, _)) => (r, true),
-                    None => (rest, false),
-                };
-                // The user part may itself contain ';' (RFC 4475 semiuri), so split the
-                // userinfo at the last '@' before looking for parameters.
+                // The user part may itself contain ';' and '?' (RFC 4475 semiuri,
+                // intmeth), so split the userinfo at the last '@' before looking for
+                // parameters and headers.
                 let (user, hostpart) = match rest.rfind('@') {
                     Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
                     None => (None, rest),
+                };
+                let (hostpart, has_headers) = match hostpart.split_once('?') {
+                    Some((r, _)) => (r, true),
+                    None => (hostpart, false),
                 };
                 let user = match user {
                     Some(u) => {
@@ -86,7 +87,7 @@ impl Uri {
                 };
                 let (hostport, params) = hostpart.split_once(';').unwrap_or((hostpart, ""));
                 let (host, port) = split_host_port(hostport).ok_or_else(|| bad("invalid host or port"))?;
-                if !host.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+                if !host.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
                     return Err(bad("invalid host"));
                 }
                 let params = Params::parse(params).map_err(|e| UriError(e.to_string()))?;
