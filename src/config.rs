@@ -66,7 +66,11 @@ pub struct RtpSection {
 
 impl Default for RtpSection {
     fn default() -> Self {
-        RtpSection { port_min: 10000, port_max: 20000, timeout_seconds: 60 }
+        RtpSection {
+            port_min: 10000,
+            port_max: 20000,
+            timeout_seconds: 60,
+        }
     }
 }
 
@@ -92,7 +96,12 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection { max_calls: 1000, max_call_seconds: 3600, drain_seconds: 30, retry_after_seconds: 30 }
+        LimitsSection {
+            max_calls: 1000,
+            max_call_seconds: 3600,
+            drain_seconds: 30,
+            retry_after_seconds: 30,
+        }
     }
 }
 
@@ -107,7 +116,10 @@ pub struct LogSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: "info".into(), format: "text".into() }
+        LogSection {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -151,15 +163,20 @@ impl Settings {
     /// Loads with an explicit environment (tests, and `load` above).
     pub fn load_from(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::Config::try_from(&RawSettings::default())?);
-        let file = file.map(Path::to_path_buf).or_else(|| env.get("PRECALL_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("PRECALL_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
         if let Some(file) = file {
             if !file.exists() {
                 return Err(invalid("--config", format!("file {} does not exist", file.display())));
             }
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
         }
-        let mut precall: HashMap<String, String> =
-            env.iter().filter(|(k, _)| k.starts_with("PRECALL_") && *k != "PRECALL_CONFIG").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut precall: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("PRECALL_") && *k != "PRECALL_CONFIG")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         // The seed's names, applied below the PRECALL_ ones.
         let listen_alias = match (env.get("SIP_HOST"), env.get("SIP_PORT")) {
             (Some(host), port) => Some(join_host_port(host, port.map_or("5060", String::as_str))),
@@ -170,21 +187,36 @@ impl Settings {
             precall.entry("PRECALL_SIP__LISTEN".into()).or_insert(listen);
         }
         if let Some(level) = env.get("LOG_LEVEL") {
-            precall.entry("PRECALL_LOG__LEVEL".into()).or_insert_with(|| level.to_ascii_lowercase());
+            precall
+                .entry("PRECALL_LOG__LEVEL".into())
+                .or_insert_with(|| level.to_ascii_lowercase());
         }
         for key in precall.keys() {
             if !key.contains("__") {
                 // config silently ignores these; say so instead.
-                return Err(invalid("environment", format!("{key} is not PRECALL_<SECTION>__<KEY> (use a double underscore)")));
+                return Err(invalid(
+                    "environment",
+                    format!("{key} is not PRECALL_<SECTION>__<KEY> (use a double underscore)"),
+                ));
             }
         }
-        builder = builder.add_source(config::Environment::with_prefix("PRECALL").prefix_separator("_").separator("__").try_parsing(true).source(Some(precall)));
+        builder = builder.add_source(
+            config::Environment::with_prefix("PRECALL")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(precall)),
+        );
         let raw: RawSettings = builder.build()?.try_deserialize()?;
         Self::compile(raw)
     }
 
     pub fn compile(raw: RawSettings) -> Result<Self, ConfigError> {
-        let sip_listen: SocketAddr = raw.sip.listen.parse().map_err(|_| invalid("sip.listen", format!("{:?} is not IP:port", raw.sip.listen)))?;
+        let sip_listen: SocketAddr = raw
+            .sip
+            .listen
+            .parse()
+            .map_err(|_| invalid("sip.listen", format!("{:?} is not IP:port", raw.sip.listen)))?;
         let public_addr = if raw.sip.public_addr.is_empty() {
             None
         } else if let Ok(sa) = raw.sip.public_addr.parse::<SocketAddr>() {
@@ -192,7 +224,10 @@ impl Settings {
         } else if let Ok(ip) = raw.sip.public_addr.parse::<IpAddr>() {
             Some(SocketAddr::new(ip, sip_listen.port()))
         } else {
-            return Err(invalid("sip.public_addr", format!("{:?} is not an IP address or IP:port", raw.sip.public_addr)));
+            return Err(invalid(
+                "sip.public_addr",
+                format!("{:?} is not an IP address or IP:port", raw.sip.public_addr),
+            ));
         };
         if public_addr.is_some_and(|a| a.ip().is_unspecified()) {
             return Err(invalid("sip.public_addr", "must be a routable address, not 0.0.0.0"));
@@ -202,10 +237,16 @@ impl Settings {
         let lo_even = lo + lo % 2;
         let hi_even = hi - hi % 2;
         if lo == 0 || lo_even > hi_even || hi_even < lo_even + 2 {
-            return Err(invalid("rtp.port_min/rtp.port_max", format!("{lo}-{hi} must hold at least two even ports above 0")));
+            return Err(invalid(
+                "rtp.port_min/rtp.port_max",
+                format!("{lo}-{hi} must hold at least two even ports above 0"),
+            ));
         }
         if (lo..=hi).contains(&sip_listen.port()) {
-            return Err(invalid("rtp.port_min/rtp.port_max", format!("range {lo}-{hi} includes the SIP port {}", sip_listen.port())));
+            return Err(invalid(
+                "rtp.port_min/rtp.port_max",
+                format!("range {lo}-{hi} includes the SIP port {}", sip_listen.port()),
+            ));
         }
         if raw.rtp.timeout_seconds == 0 {
             return Err(invalid("rtp.timeout_seconds", "must be at least 1"));
@@ -225,7 +266,10 @@ impl Settings {
             other => return Err(invalid("log.format", format!("{other:?} is neither \"text\" nor \"json\""))),
         };
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            return Err(invalid("log.level", format!("{:?} is not a tracing filter (try info, debug, precall=debug)", raw.log.level)));
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a tracing filter (try info, debug, precall=debug)", raw.log.level),
+            ));
         }
         let file = |key: &'static str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
             if value.is_empty() {
@@ -239,7 +283,15 @@ impl Settings {
         };
         let greeting_file = file("greeting.file", &raw.greeting.file)?;
         let hold_file = file("greeting.hold_file", &raw.greeting.hold_file)?;
-        Ok(Settings { sip_listen, public_addr, rtp_ports: (lo_even, hi_even), greeting_file, hold_file, log_format, raw })
+        Ok(Settings {
+            sip_listen,
+            public_addr,
+            rtp_ports: (lo_even, hi_even),
+            greeting_file,
+            hold_file,
+            log_format,
+            raw,
+        })
     }
 
     /// The effective settings as TOML, secrets masked (none yet in this section set;
@@ -267,7 +319,11 @@ fn mask(value: &mut toml::Value) {
 }
 
 fn join_host_port(host: &str, port: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 #[cfg(test)]
@@ -294,15 +350,27 @@ mod tests {
     fn file_then_environment_then_aliases() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("precall.toml");
-        std::fs::write(&path, "[sip]\nlisten = \"127.0.0.1:5070\"\n[limits]\nmax_calls = 5\n[rtp]\nport_min = 30001\nport_max = 30099\n").unwrap();
+        std::fs::write(
+            &path,
+            "[sip]\nlisten = \"127.0.0.1:5070\"\n[limits]\nmax_calls = 5\n[rtp]\nport_min = 30001\nport_max = 30099\n",
+        )
+        .unwrap();
         let s = Settings::load_from(Some(&path), &env(&[])).unwrap();
         assert_eq!(s.sip_listen.port(), 5070);
         assert_eq!(s.raw.limits.max_calls, 5);
         assert_eq!(s.rtp_ports, (30002, 30098), "rounded inwards to even ports");
-        let s = Settings::load_from(Some(&path), &env(&[("PRECALL_SIP__LISTEN", "127.0.0.1:15060"), ("PRECALL_LIMITS__MAX_CALLS", "7")])).unwrap();
+        let s = Settings::load_from(
+            Some(&path),
+            &env(&[("PRECALL_SIP__LISTEN", "127.0.0.1:15060"), ("PRECALL_LIMITS__MAX_CALLS", "7")]),
+        )
+        .unwrap();
         assert_eq!(s.sip_listen.port(), 15060);
         assert_eq!(s.raw.limits.max_calls, 7);
-        let s = Settings::load_from(None, &env(&[("SIP_HOST", "127.0.0.1"), ("SIP_PORT", "5099"), ("LOG_LEVEL", "DEBUG")])).unwrap();
+        let s = Settings::load_from(
+            None,
+            &env(&[("SIP_HOST", "127.0.0.1"), ("SIP_PORT", "5099"), ("LOG_LEVEL", "DEBUG")]),
+        )
+        .unwrap();
         assert_eq!(s.sip_listen, "127.0.0.1:5099".parse().unwrap());
         assert_eq!(s.raw.log.level, "debug");
         let s = Settings::load_from(None, &env(&[("SIP_HOST", "127.0.0.1"), ("PRECALL_SIP__LISTEN", "127.0.0.1:5100")])).unwrap();
@@ -316,7 +384,10 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("PRECALL_SIP__LISTEN", "nowhere")], "sip.listen"),
             (&[("PRECALL_SIP__PUBLIC_ADDR", "not-an-ip")], "sip.public_addr"),
-            (&[("PRECALL_RTP__PORT_MIN", "20000"), ("PRECALL_RTP__PORT_MAX", "10000")], "rtp.port_min"),
+            (
+                &[("PRECALL_RTP__PORT_MIN", "20000"), ("PRECALL_RTP__PORT_MAX", "10000")],
+                "rtp.port_min",
+            ),
             (&[("PRECALL_LIMITS__MAX_CALLS", "0")], "limits.max_calls"),
             (&[("PRECALL_LOG__FORMAT", "xml")], "log.format"),
             (&[("PRECALL_GREETING__FILE", "/nonexistent.wav")], "greeting.file"),
@@ -340,6 +411,9 @@ mod tests {
         let mut v: toml::Value = toml::from_str("[x]\napi_key = \"sk-123\"\nother = \"y\"\n").unwrap();
         mask(&mut v);
         let out = toml::to_string(&v).unwrap();
-        assert!(out.contains("********") && !out.contains("sk-123") && out.contains("\"y\""), "{out}");
+        assert!(
+            out.contains("********") && !out.contains("sk-123") && out.contains("\"y\""),
+            "{out}"
+        );
     }
 }

@@ -9,7 +9,11 @@ use precall::server::{self, Prompts};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "precall", version, about = "SIP/RTP voice daemon: answers at once, clones the caller's voice, bridges to an ElevenLabs agent")]
+#[command(
+    name = "precall",
+    version,
+    about = "SIP/RTP voice daemon: answers at once, clones the caller's voice, bridges to an ElevenLabs agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -39,7 +43,11 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => match Prompts::load(&settings) {
             Ok(p) => {
                 print!("{}", settings.to_masked_toml());
-                println!("# greeting: {} frames ({:.1} s)", p.greeting.frames(), p.greeting.frames() as f64 * 0.02);
+                println!(
+                    "# greeting: {} frames ({:.1} s)",
+                    p.greeting.frames(),
+                    p.greeting.frames() as f64 * 0.02
+                );
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
@@ -60,7 +68,10 @@ fn main() -> std::process::ExitCode {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings);
     let prompts = Prompts::load(&settings).context("loading the greeting")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let handle = server::start(settings, prompts).await?;
         wait_for_signal().await;

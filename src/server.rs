@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::call::{Call, CallAction, CallInput, CallLimits, EndReason};
 use crate::config::Settings;
 use crate::media::prompt::{Player, Prompt, PromptError};
-use crate::media::session::{MAX_PACKET, RtpReceiver, RtpSender};
+use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, SipEvent};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
@@ -109,7 +109,12 @@ pub async fn start(settings: Settings, prompts: Prompts) -> Result<ServerHandle,
     let sip_addr = udp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
-    tokio::spawn(transport::accept_loop(tcp, inbound_tx, settings.raw.sip.max_tcp_connections, shutdown_rx.clone()));
+    tokio::spawn(transport::accept_loop(
+        tcp,
+        inbound_tx,
+        settings.raw.sip.max_tcp_connections,
+        shutdown_rx.clone(),
+    ));
     let stats = Arc::new(Stats::default());
     let endpoint = Endpoint::new(EndpointConfig {
         user_agent: settings.raw.sip.user_agent.clone(),
@@ -133,7 +138,12 @@ pub async fn start(settings: Settings, prompts: Prompts) -> Result<ServerHandle,
     };
     let task = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
     tracing::info!(%sip_addr, "listening for SIP on UDP and TCP");
-    Ok(ServerHandle { sip_addr, stats, shutdown, task })
+    Ok(ServerHandle {
+        sip_addr,
+        stats,
+        shutdown,
+        task,
+    })
 }
 
 struct CallEntry {
@@ -157,30 +167,33 @@ struct SipTask {
 }
 
 impl SipTask {
-    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut commands: mpsc::Receiver<SipCommand>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::Receiver<SipCommand>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut buf = vec![0u8; 65536];
         let far = Duration::from_secs(3600);
         let sleep = tokio::time::sleep(far);
         tokio::pin!(sleep);
         let mut shutdown_open = true;
+        let mut hung_up = false;
         loop {
             let now = Instant::now();
             let mut wake = self.endpoint.poll_timeout().unwrap_or(now + far);
             if let Some(since) = self.draining_since {
                 let drain_end = since + Duration::from_secs(self.settings.raw.limits.drain_seconds);
-                if now >= drain_end {
+                if now >= drain_end && !hung_up {
+                    hung_up = true;
                     self.hang_up_everyone();
-                    // Give the BYEs their transactions (64·T1) before giving up.
-                    if self.calls.is_empty() && (self.endpoint.dialog_count() == 0 || now >= drain_end + Duration::from_secs(32)) {
-                        break;
-                    }
-                    wake = wake.min(now + Duration::from_millis(100));
-                } else {
-                    wake = wake.min(drain_end);
                 }
-                if self.calls.is_empty() && self.endpoint.dialog_count() == 0 {
+                // Done when no call is left and our BYEs have been answered (or
+                // their transactions, 64·T1, have run out).
+                if self.calls.is_empty() && self.endpoint.pending_byes() == 0 {
                     break;
                 }
+                wake = wake.min(if hung_up { now + Duration::from_millis(100) } else { drain_end });
             }
             sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
             tokio::select! {
@@ -273,10 +286,10 @@ impl SipTask {
             SipEvent::Reoffer { call, body } => (call, CallEvent::Reoffer(body)),
             SipEvent::Terminated { call } => (call, CallEvent::Input(CallInput::Terminated)),
         };
-        if let Some(entry) = self.calls.get(&call) {
-            if entry.events.try_send(event).is_err() {
-                tracing::warn!(%call, "call task is not keeping up; signalling event dropped");
-            }
+        if let Some(entry) = self.calls.get(&call)
+            && entry.events.try_send(event).is_err()
+        {
+            tracing::warn!(%call, "call task is not keeping up; signalling event dropped");
         }
     }
 
@@ -293,7 +306,8 @@ impl SipTask {
         }
         if self.calls.len() >= limits.max_calls {
             self.stats.calls_rejected.fetch_add(1, Ordering::Relaxed);
-            let r = Rejection::new(503, format!("Service Unavailable: at capacity ({} calls)", limits.max_calls)).with_header("Retry-After", retry_after);
+            let r = Rejection::new(503, format!("Service Unavailable: at capacity ({} calls)", limits.max_calls))
+                .with_header("Retry-After", retry_after);
             return self.endpoint.reject(now, call, r);
         }
         let offer = match sdp_body(&request) {
@@ -310,7 +324,12 @@ impl SipTask {
         let rtp_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
         let media_ip = self.settings.public_addr.map_or(flow.local.ip(), |a| a.ip());
         let mut rng = rand::rng();
-        let local = LocalMedia { addr: media_ip, port: rtp_port, session_id: rng.random_range(1..u32::MAX as u64), version: 1 };
+        let local = LocalMedia {
+            addr: media_ip,
+            port: rtp_port,
+            session_id: rng.random_range(1..u32::MAX as u64),
+            version: 1,
+        };
         let (negotiated, body) = match &offer {
             Some(offer) => {
                 let answer = SessionDescription::parse(offer).and_then(|sd| sdp::answer(&sd, &local));
@@ -331,7 +350,9 @@ impl SipTask {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register RTP socket");
-                return self.endpoint.reject(now, call, Rejection::new(500, "Server Internal Error: RTP socket"));
+                return self
+                    .endpoint
+                    .reject(now, call, Rejection::new(500, "Server Internal Error: RTP socket"));
             }
         };
         let answer_delay = Duration::from_millis(self.settings.raw.sip.answer_delay_ms);
@@ -386,7 +407,11 @@ impl SipTask {
 }
 
 fn route_source(remote: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = if remote.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+    let bind: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
     let probe = StdUdpSocket::bind(bind).ok()?;
     probe.connect(remote).ok()?;
     probe.local_addr().ok().map(|a| a.ip())
@@ -414,9 +439,13 @@ fn sdp_body(req: &Request) -> Result<Option<Bytes>, Rejection> {
     let delimiter = format!("--{boundary}");
     for part in text.split(delimiter.as_str()).skip(1) {
         let part = part.trim_start_matches("\r\n");
-        let Some((head, body)) = part.split_once("\r\n\r\n") else { continue };
+        let Some((head, body)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
         let is_sdp = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(n, v)| n.trim().eq_ignore_ascii_case("content-type") && v.trim().to_ascii_lowercase().starts_with("application/sdp"))
+            l.split_once(':').is_some_and(|(n, v)| {
+                n.trim().eq_ignore_ascii_case("content-type") && v.trim().to_ascii_lowercase().starts_with("application/sdp")
+            })
         });
         if is_sdp {
             let body = body.strip_suffix("\r\n").unwrap_or(body);
@@ -445,10 +474,10 @@ impl PortPool {
         for _ in 0..count {
             let port = self.next;
             self.next = if port + 2 > self.range.1 { self.range.0 } else { port + 2 };
-            if let Ok(sock) = StdUdpSocket::bind(SocketAddr::new(self.ip, port)) {
-                if sock.set_nonblocking(true).is_ok() {
-                    return Some(sock);
-                }
+            if let Ok(sock) = StdUdpSocket::bind(SocketAddr::new(self.ip, port))
+                && sock.set_nonblocking(true).is_ok()
+            {
+                return Some(sock);
             }
         }
         None
@@ -478,7 +507,8 @@ async fn run_call(mut ctx: CallContext, created: Instant) {
     let mut receiver = RtpReceiver::new(8000, created);
     let mut sender: Option<RtpSender> = None;
     let mut dest = ctx.negotiated.map(|n| n.remote);
-    let mut latched = false;
+    let mut latch = SourceLatch::default();
+    let mut ignored_packets = 0u64;
     let mut recv_buf = [0u8; 2048];
     let mut send_buf = [0u8; MAX_PACKET];
     let mut skipped_total = 0u64;
@@ -561,16 +591,22 @@ async fn run_call(mut ctx: CallContext, created: Instant) {
             r = ctx.socket.recv_from(&mut recv_buf) => {
                 if let Ok((n, from)) = r {
                     let now = Instant::now();
-                    if receiver.on_datagram(now, &recv_buf[..n]).is_ok() {
-                        // Symmetric RTP (comedia): answer where the caller's media comes from.
-                        if !latched {
-                            latched = true;
-                            if dest != Some(from) {
-                                tracing::debug!(call = %ctx.key, sdp = ?dest, actual = %from, "latching RTP to the caller's source address");
+                    let Ok(header) = crate::media::rtp::RtpPacket::parse(&recv_buf[..n]).map(|p| p.header) else {
+                        receiver.count_malformed();
+                        continue;
+                    };
+                    let payload_ok = ctx.negotiated.is_some_and(|neg| header.payload_type == neg.payload_type || Some(header.payload_type) == neg.telephone_event);
+                    match latch.on_packet(now, from, &header, payload_ok) {
+                        Latch::Accept { send_to } => {
+                            // Symmetric RTP (comedia): answer where the caller's media comes from.
+                            if dest != Some(send_to) {
+                                tracing::debug!(call = %ctx.key, sdp = ?dest, actual = %send_to, "latching RTP to the caller's source address");
+                                dest = Some(send_to);
                             }
-                            dest = Some(from);
+                            let _ = receiver.on_datagram(now, &recv_buf[..n]);
+                            call.on_rtp(now);
                         }
-                        call.on_rtp(now);
+                        Latch::Ignore => ignored_packets += 1,
                     }
                 }
             }
@@ -597,9 +633,9 @@ async fn run_call(mut ctx: CallContext, created: Instant) {
                     Some(CallEvent::Reoffer(body)) => {
                         let answer = reoffer(&mut ctx, &body);
                         if let Ok((n, _)) = &answer {
-                            if dest.map(|d| d.ip()) != Some(n.remote.ip()) || !latched {
+                            if latch.latched().is_none() || dest.map(|d| d.ip()) != Some(n.remote.ip()) {
                                 dest = Some(n.remote);
-                                latched = false;
+                                latch.reset();
                             }
                             if let Some(s) = sender.as_mut() {
                                 s.set_payload_type(n.payload_type);
@@ -632,6 +668,7 @@ async fn run_call(mut ctx: CallContext, created: Instant) {
         rtp_in_ssrc_changes = stats.ssrc_changes,
         rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
         rtp_out_skipped = skipped_total,
+        rtp_in_ignored = ignored_packets,
         "call ended"
     );
     let _ = ctx.commands.send(SipCommand::Finished { call: ctx.key }).await;
@@ -639,14 +676,22 @@ async fn run_call(mut ctx: CallContext, created: Instant) {
 
 fn set_direction(call: &mut Call, now: Instant, ours: Direction) {
     let caller_sends = matches!(ours, Direction::SendRecv | Direction::RecvOnly);
-    call.handle(now, CallInput::Direction { we_send: ours.sends(), caller_sends });
+    call.handle(
+        now,
+        CallInput::Direction {
+            we_send: ours.sends(),
+            caller_sends,
+        },
+    );
 }
 
 fn reoffer(ctx: &mut CallContext, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
     ctx.local.version += 1;
     if body.is_empty() {
         // An offerless re-INVITE: offer what we have (the answer comes in the ACK).
-        let n = ctx.negotiated.ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
+        let n = ctx
+            .negotiated
+            .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
         return Ok((n, sdp::offer(&ctx.local)));
     }
     let sd = SessionDescription::parse(body).map_err(|e| Rejection::new(e.status(), format!("Bad SDP: {e}")))?;

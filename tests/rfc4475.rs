@@ -72,14 +72,16 @@ const EXPECTED: &[(&str, Option<u16>, &str)] = &[
 fn sha256_hex(data: &[u8]) -> String {
     // Tiny SHA-256 so the checksum check needs no extra dependency.
     const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-        0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-        0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be,
+        0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa,
+        0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85,
+        0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
+        0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
+        0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
     ];
-    let mut h: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+    ];
     let mut msg = data.to_vec();
     let bits = (data.len() as u64) * 8;
     msg.push(0x80);
@@ -126,14 +128,25 @@ fn corpus_is_byte_exact() {
         n += 1;
     }
     assert_eq!(n, 49);
-    assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
 }
 
 #[test]
 fn every_torture_message_gets_the_rfc_answer() {
-    let flow = Flow { transport: Transport::Udp, remote: "192.0.2.9:5060".parse().unwrap(), local: "192.0.2.1:5060".parse().unwrap() };
+    let flow = Flow {
+        transport: Transport::Udp,
+        remote: "192.0.2.9:5060".parse().unwrap(),
+        local: "192.0.2.1:5060".parse().unwrap(),
+    };
     let mut results: HashMap<&str, Option<(u16, String)>> = HashMap::new();
-    let mut ep = Endpoint::new(EndpointConfig { user_agent: "precall-test".into(), timers: Default::default(), public_addr: None });
+    let mut ep = Endpoint::new(EndpointConfig {
+        user_agent: "precall-test".into(),
+        timers: Default::default(),
+        public_addr: None,
+    });
     let now = Instant::now();
     for (name, _, _) in EXPECTED {
         let data = std::fs::read(format!("{DIR}/{name}.sip")).unwrap();
@@ -150,7 +163,12 @@ fn every_torture_message_gets_the_rfc_answer() {
                 }
                 Output::Event(SipEvent::Invite { call, request, .. }) => {
                     // Act as the call layer: answer the SDP or refuse it.
-                    let local = LocalMedia { addr: "192.0.2.1".parse().unwrap(), port: 10000, session_id: 1, version: 1 };
+                    let local = LocalMedia {
+                        addr: "192.0.2.1".parse().unwrap(),
+                        port: 10000,
+                        session_id: 1,
+                        version: 1,
+                    };
                     match SessionDescription::parse(&request.body).and_then(|sd| sdp::answer(&sd, &local)) {
                         Ok((_, body)) => ep.accept(now, call, body.as_bytes()),
                         Err(e) => ep.reject(now, call, Rejection::new(e.status(), e.to_string())),
@@ -168,7 +186,10 @@ fn every_torture_message_gets_the_rfc_answer() {
             wrong.push(format!("{name}: expected {expected:?} ({why}), got {got:?}"));
         }
         if let (Some((code, line)), true) = (&got, expected.is_some_and(|c| c == 400)) {
-            assert!(line.len() > "SIP/2.0 400 Bad Request".len(), "{name}: a 400 must say what was wrong: {line} ({code})");
+            assert!(
+                line.len() > "SIP/2.0 400 Bad Request".len(),
+                "{name}: a 400 must say what was wrong: {line} ({code})"
+            );
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

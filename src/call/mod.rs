@@ -85,7 +85,10 @@ pub enum CallInput {
     Shutdown,
     /// Hold state from a re-INVITE: whether we may send, and whether the caller
     /// will send (`inactive` hold suspends the RTP timeout).
-    Direction { we_send: bool, caller_sends: bool },
+    Direction {
+        we_send: bool,
+        caller_sends: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +261,10 @@ mod tests {
     use super::*;
 
     fn limits() -> CallLimits {
-        CallLimits { max_duration: Duration::from_secs(3600), rtp_timeout: Duration::from_secs(60) }
+        CallLimits {
+            max_duration: Duration::from_secs(3600),
+            rtp_timeout: Duration::from_secs(60),
+        }
     }
 
     fn drain(call: &mut Call) -> Vec<CallAction> {
@@ -296,7 +302,10 @@ mod tests {
         c.handle_timeout(last + Duration::from_secs(59));
         assert!(drain(&mut c).is_empty());
         c.handle_timeout(last + Duration::from_secs(60));
-        assert_eq!(drain(&mut c), vec![CallAction::Hangup(EndReason::RtpTimeout), CallAction::StopMedia]);
+        assert_eq!(
+            drain(&mut c),
+            vec![CallAction::Hangup(EndReason::RtpTimeout), CallAction::StopMedia]
+        );
         assert_eq!(c.state(), CallState::Ending);
         c.handle(last + Duration::from_secs(61), CallInput::Terminated);
         assert_eq!(drain(&mut c), vec![CallAction::Ended(EndReason::RtpTimeout)]);
@@ -316,14 +325,26 @@ mod tests {
         let mut c = Call::new(t0, limits());
         c.handle(t0, CallInput::Answered);
         c.handle(t0, CallInput::Confirmed);
-        c.handle(t0 + Duration::from_secs(1), CallInput::Direction { we_send: false, caller_sends: false });
+        c.handle(
+            t0 + Duration::from_secs(1),
+            CallInput::Direction {
+                we_send: false,
+                caller_sends: false,
+            },
+        );
         assert!(!c.sending());
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(3600)));
         c.handle_timeout(t0 + Duration::from_secs(600));
         drain(&mut c);
         assert_eq!(c.state(), CallState::Greeting);
         let resume = t0 + Duration::from_secs(600);
-        c.handle(resume, CallInput::Direction { we_send: true, caller_sends: true });
+        c.handle(
+            resume,
+            CallInput::Direction {
+                we_send: true,
+                caller_sends: true,
+            },
+        );
         assert!(c.sending());
         assert_eq!(c.poll_timeout(), Some(resume + Duration::from_secs(60)));
     }
@@ -331,7 +352,10 @@ mod tests {
     #[test]
     fn max_duration_and_ack_timeout_and_cancel() {
         let t0 = Instant::now();
-        let short = CallLimits { max_duration: Duration::from_secs(10), rtp_timeout: Duration::from_secs(60) };
+        let short = CallLimits {
+            max_duration: Duration::from_secs(10),
+            rtp_timeout: Duration::from_secs(60),
+        };
         let mut c = Call::new(t0, short);
         c.handle(t0, CallInput::Answered);
         c.on_rtp(t0 + Duration::from_secs(9));

@@ -41,12 +41,18 @@ pub struct Prompt {
 impl Prompt {
     pub fn from_wav_file(path: &Path) -> Result<Self, PromptError> {
         let name = path.display().to_string();
-        let reader = hound::WavReader::open(path).map_err(|source| PromptError::Wav { path: name.clone(), source })?;
+        let reader = hound::WavReader::open(path).map_err(|source| PromptError::Wav {
+            path: name.clone(),
+            source,
+        })?;
         Self::from_wav(reader, &name)
     }
 
     pub fn from_wav_reader<R: Read>(reader: R, name: &str) -> Result<Self, PromptError> {
-        let reader = hound::WavReader::new(reader).map_err(|source| PromptError::Wav { path: name.to_owned(), source })?;
+        let reader = hound::WavReader::new(reader).map_err(|source| PromptError::Wav {
+            path: name.to_owned(),
+            source,
+        })?;
         Self::from_wav(reader, name)
     }
 
@@ -54,30 +60,54 @@ impl Prompt {
         let spec = reader.spec();
         let channels = usize::from(spec.channels);
         if channels == 0 || spec.sample_rate == 0 {
-            return Err(PromptError::Format { path: name.to_owned(), why: "zero channels or sample rate".into() });
+            return Err(PromptError::Format {
+                path: name.to_owned(),
+                why: "zero channels or sample rate".into(),
+            });
         }
-        let wav_err = |source| PromptError::Wav { path: name.to_owned(), source };
+        let wav_err = |source| PromptError::Wav {
+            path: name.to_owned(),
+            source,
+        };
         let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
-            (hound::SampleFormat::Int, 16) => {
-                reader.into_samples::<i16>().map(|s| s.map(|v| f32::from(v) / 32768.0)).collect::<Result<_, _>>().map_err(wav_err)?
-            }
+            (hound::SampleFormat::Int, 16) => reader
+                .into_samples::<i16>()
+                .map(|s| s.map(|v| f32::from(v) / 32768.0))
+                .collect::<Result<_, _>>()
+                .map_err(wav_err)?,
             (hound::SampleFormat::Int, bits @ (8 | 24 | 32)) => {
                 let scale = (1i64 << (bits - 1)) as f32;
-                reader.into_samples::<i32>().map(|s| s.map(|v| v as f32 / scale)).collect::<Result<_, _>>().map_err(wav_err)?
+                reader
+                    .into_samples::<i32>()
+                    .map(|s| s.map(|v| v as f32 / scale))
+                    .collect::<Result<_, _>>()
+                    .map_err(wav_err)?
             }
             (hound::SampleFormat::Float, 32) => reader.into_samples::<f32>().collect::<Result<_, _>>().map_err(wav_err)?,
             (format, bits) => {
-                return Err(PromptError::Format { path: name.to_owned(), why: format!("{bits}-bit {format:?} samples") });
+                return Err(PromptError::Format {
+                    path: name.to_owned(),
+                    why: format!("{bits}-bit {format:?} samples"),
+                });
             }
         };
         // Mix down to mono by averaging the channels.
-        let mono: Vec<f32> = interleaved.chunks_exact(channels).map(|f| f.iter().sum::<f32>() / channels as f32).collect();
+        let mono: Vec<f32> = interleaved
+            .chunks_exact(channels)
+            .map(|f| f.iter().sum::<f32>() / channels as f32)
+            .collect();
         if mono.is_empty() {
             return Err(PromptError::Empty { path: name.to_owned() });
         }
-        let resampled = resample(&mono, spec.sample_rate, RATE)
-            .map_err(|why| PromptError::Resample { path: name.to_owned(), rate: spec.sample_rate, why })?;
-        let pcm = resampled.iter().map(|s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16).collect();
+        let resampled = resample(&mono, spec.sample_rate, RATE).map_err(|why| PromptError::Resample {
+            path: name.to_owned(),
+            rate: spec.sample_rate,
+            why,
+        })?;
+        let pcm = resampled
+            .iter()
+            .map(|s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+            .collect();
         Ok(Self::from_pcm_8k(pcm))
     }
 
@@ -89,7 +119,11 @@ impl Prompt {
         let mut alaw = vec![0u8; pcm.len()];
         G711::Ulaw.encode(&pcm, &mut ulaw);
         G711::Alaw.encode(&pcm, &mut alaw);
-        Prompt { pcm: pcm.into(), ulaw: ulaw.into(), alaw: alaw.into() }
+        Prompt {
+            pcm: pcm.into(),
+            ulaw: ulaw.into(),
+            alaw: alaw.into(),
+        }
     }
 
     /// Number of 20 ms frames.
@@ -129,7 +163,12 @@ mod tests {
     use super::*;
 
     fn wav_bytes(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
-        let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut cursor = std::io::Cursor::new(Vec::new());
         let mut w = hound::WavWriter::new(&mut cursor, spec).unwrap();
         for s in samples {
@@ -140,7 +179,9 @@ mod tests {
     }
 
     fn tone(rate: u32, hz: f32, seconds: f32, amp: f32) -> Vec<i16> {
-        (0..(rate as f32 * seconds) as usize).map(|n| (amp * (2.0 * std::f32::consts::PI * hz * n as f32 / rate as f32).sin()) as i16).collect()
+        (0..(rate as f32 * seconds) as usize)
+            .map(|n| (amp * (2.0 * std::f32::consts::PI * hz * n as f32 / rate as f32).sin()) as i16)
+            .collect()
     }
 
     /// Power of `hz` in `x` by correlation (a one-bin DFT), normalised to amplitude.
@@ -186,8 +227,14 @@ mod tests {
 
     #[test]
     fn rejects_unreadable_input() {
-        assert!(matches!(Prompt::from_wav_reader(std::io::Cursor::new(b"RIFFnope".to_vec()), "x"), Err(PromptError::Wav { .. })));
-        assert!(matches!(Prompt::from_wav_reader(std::io::Cursor::new(wav_bytes(8000, 1, &[])), "x"), Err(PromptError::Empty { .. })));
+        assert!(matches!(
+            Prompt::from_wav_reader(std::io::Cursor::new(b"RIFFnope".to_vec()), "x"),
+            Err(PromptError::Wav { .. })
+        ));
+        assert!(matches!(
+            Prompt::from_wav_reader(std::io::Cursor::new(wav_bytes(8000, 1, &[])), "x"),
+            Err(PromptError::Empty { .. })
+        ));
     }
 }
 
@@ -203,14 +250,23 @@ pub struct Player {
 
 impl Player {
     pub fn new(greeting: Prompt, hold: Option<Prompt>) -> Self {
-        Player { greeting, hold, in_hold: false, position: 0 }
+        Player {
+            greeting,
+            hold,
+            in_hold: false,
+            position: 0,
+        }
     }
 
     /// The next frame to send.
     #[inline]
     pub fn next_frame(&mut self, codec: G711) -> &[u8] {
         self.step();
-        let prompt = if self.in_hold { self.hold.as_ref().unwrap_or(&self.greeting) } else { &self.greeting };
+        let prompt = if self.in_hold {
+            self.hold.as_ref().unwrap_or(&self.greeting)
+        } else {
+            &self.greeting
+        };
         prompt.frame(codec, self.position - 1)
     }
 
@@ -251,7 +307,10 @@ mod player_tests {
         assert_eq!(p.next_frame(G711::Ulaw)[0], 0x4E);
         let mut looped = Player::new(Prompt::from_pcm_8k(vec![1000; 160]), None);
         for _ in 0..5 {
-            assert_eq!(looped.next_frame(G711::Alaw), Prompt::from_pcm_8k(vec![1000; 160]).frame(G711::Alaw, 0));
+            assert_eq!(
+                looped.next_frame(G711::Alaw),
+                Prompt::from_pcm_8k(vec![1000; 160]).frame(G711::Alaw, 0)
+            );
         }
     }
 }

@@ -110,7 +110,13 @@ mod tests {
 
     #[test]
     fn writes_rfc3550_layout() {
-        let h = RtpHeader { marker: true, payload_type: 8, sequence: 0x1234, timestamp: 0xDEADBEEF, ssrc: 0x01020304 };
+        let h = RtpHeader {
+            marker: true,
+            payload_type: 8,
+            sequence: 0x1234,
+            timestamp: 0xDEADBEEF,
+            ssrc: 0x01020304,
+        };
         let mut buf = [0u8; 12];
         assert_eq!(h.write(&mut buf), Some(12));
         assert_eq!(buf, [0x80, 0x88, 0x12, 0x34, 0xDE, 0xAD, 0xBE, 0xEF, 1, 2, 3, 4]);
@@ -119,7 +125,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = RtpHeader { marker: false, payload_type: 0, sequence: 65535, timestamp: 160, ssrc: 42 };
+        let h = RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: 65535,
+            timestamp: 160,
+            ssrc: 42,
+        };
         let mut buf = [0u8; 12 + 160];
         h.write(&mut buf).unwrap();
         buf[12..].fill(0xFF);

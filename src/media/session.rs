@@ -5,6 +5,7 @@
 //! the RTP timestamp and the sequence number advance together for the whole call,
 //! across the greeting, hold music and later the agent's audio.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::rtp::{HEADER_LEN, RtpError, RtpHeader, RtpPacket};
@@ -37,7 +38,16 @@ pub struct RtpSender {
 impl RtpSender {
     /// `sequence` and `timestamp` are the random initial values RFC 3550 §5.1 asks for.
     pub fn new(ssrc: u32, payload_type: u8, sequence: u16, timestamp: u32, start: Instant) -> Self {
-        RtpSender { ssrc, payload_type, first_sequence: sequence, first_timestamp: timestamp, start, next_frame: 0, sent: 0, marker: true }
+        RtpSender {
+            ssrc,
+            payload_type,
+            first_sequence: sequence,
+            first_timestamp: timestamp,
+            start,
+            next_frame: 0,
+            sent: 0,
+            marker: true,
+        }
     }
 
     /// When the next frame is due.
@@ -91,7 +101,9 @@ impl RtpSender {
             marker: self.marker,
             payload_type: self.payload_type,
             sequence: self.first_sequence.wrapping_add(self.sent as u16),
-            timestamp: self.first_timestamp.wrapping_add((self.next_frame as u32).wrapping_mul(TIMESTAMP_STEP)),
+            timestamp: self
+                .first_timestamp
+                .wrapping_add((self.next_frame as u32).wrapping_mul(TIMESTAMP_STEP)),
             ssrc: self.ssrc,
         };
         let _ = header.write(buf);
@@ -227,6 +239,11 @@ impl RtpReceiver {
         (extended_max + 1).saturating_sub(u64::from(self.base_seq))
     }
 
+    /// Counts a datagram that is not RTP.
+    pub fn count_malformed(&mut self) {
+        self.stats.malformed += 1;
+    }
+
     /// When the last valid packet arrived (for the RTP timeout).
     pub fn last_packet(&self) -> Option<Instant> {
         self.last_packet
@@ -235,7 +252,70 @@ impl RtpReceiver {
     pub fn stats(&self) -> RtpStats {
         let expected = self.expected_before + self.expected_this_ssrc();
         let received = self.received_before + self.received_this_ssrc;
-        RtpStats { expected, lost: expected.saturating_sub(received), ..self.stats }
+        RtpStats {
+            expected,
+            lost: expected.saturating_sub(received),
+            ..self.stats
+        }
+    }
+}
+
+/// Symmetric RTP (RFC 4961, "comedia") without the hijack: the caller's media
+/// address is learned from its packets, but only from a source that sends a
+/// negotiated payload type with consecutive sequence numbers, and a latched source
+/// is replaced only after it has been silent for [`RELATCH_SILENCE`]. Anything else
+/// arriving on the port is ignored (and does not keep the call alive).
+#[derive(Debug, Clone, Default)]
+pub struct SourceLatch {
+    latched: Option<SocketAddr>,
+    last_from_latched: Option<Instant>,
+    candidate: Option<(SocketAddr, u32, u16)>,
+    streak: u8,
+}
+
+/// Packets in a row needed to latch (or to re-latch after silence).
+pub const LATCH_STREAK: u8 = 2;
+/// How long a latched source must be silent before another may take over.
+pub const RELATCH_SILENCE: Duration = Duration::from_secs(2);
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latch {
+    /// From the caller: count it; send our media to `send_to`.
+    Accept { send_to: SocketAddr },
+    /// Not (yet) known to be the caller's media.
+    Ignore,
+}
+
+impl SourceLatch {
+    pub fn latched(&self) -> Option<SocketAddr> {
+        self.latched
+    }
+
+    /// Forgets the learned source (the SDP moved the media elsewhere).
+    pub fn reset(&mut self) {
+        *self = SourceLatch::default();
+    }
+
+    pub fn on_packet(&mut self, now: Instant, from: SocketAddr, header: &RtpHeader, payload_ok: bool) -> Latch {
+        if self.latched == Some(from) {
+            self.last_from_latched = Some(now);
+            return Latch::Accept { send_to: from };
+        }
+        if !payload_ok {
+            return Latch::Ignore;
+        }
+        let continues = matches!(self.candidate, Some((addr, ssrc, seq)) if addr == from && ssrc == header.ssrc && header.sequence == seq.wrapping_add(1));
+        self.streak = if continues { self.streak.saturating_add(1) } else { 1 };
+        self.candidate = Some((from, header.ssrc, header.sequence));
+        let silent = self.last_from_latched.is_none_or(|t| now.duration_since(t) >= RELATCH_SILENCE);
+        if self.streak >= LATCH_STREAK && silent {
+            self.latched = Some(from);
+            self.last_from_latched = Some(now);
+            self.candidate = None;
+            return Latch::Accept { send_to: from };
+        }
+        Latch::Ignore
     }
 }
 
@@ -288,7 +368,15 @@ mod tests {
 
     fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
         let mut buf = vec![0u8; 12 + 160];
-        RtpHeader { marker: false, payload_type: 0, sequence: seq, timestamp: ts, ssrc }.write(&mut buf).unwrap();
+        RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: seq,
+            timestamp: ts,
+            ssrc,
+        }
+        .write(&mut buf)
+        .unwrap();
         buf
     }
 
@@ -318,6 +406,49 @@ mod tests {
         assert!(r.on_datagram(now, &[1, 2, 3]).is_err());
         assert_eq!(r.stats().malformed, 1);
         assert_eq!(r.last_packet(), Some(now));
+    }
+
+    #[test]
+    fn latch_needs_a_consecutive_stream_and_resists_hijack() {
+        let t0 = Instant::now();
+        let caller: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
+        let h = |seq: u16, ssrc: u32| RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: seq,
+            timestamp: 0,
+            ssrc,
+        };
+        let mut l = SourceLatch::default();
+        assert_eq!(l.on_packet(t0, attacker, &h(9, 1), false), Latch::Ignore, "wrong payload type");
+        assert_eq!(
+            l.on_packet(t0, caller, &h(100, 5), true),
+            Latch::Ignore,
+            "one packet is not a stream"
+        );
+        assert_eq!(l.on_packet(t0, attacker, &h(7, 1), true), Latch::Ignore);
+        assert_eq!(
+            l.on_packet(t0, caller, &h(101, 5), true),
+            Latch::Ignore,
+            "interleaving broke the streak"
+        );
+        assert_eq!(l.on_packet(t0, caller, &h(102, 5), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.latched(), Some(caller));
+        // A spoofed stream cannot take over while the caller is talking.
+        for seq in 0..10 {
+            assert_eq!(l.on_packet(t0 + FRAME * seq, attacker, &h(seq as u16, 1), true), Latch::Ignore);
+            assert_eq!(
+                l.on_packet(t0 + FRAME * seq, caller, &h(103 + seq as u16, 5), true),
+                Latch::Accept { send_to: caller }
+            );
+        }
+        // After the caller's address changes (NAT rebinding) and the old one falls
+        // silent, the new stream takes over.
+        let moved: SocketAddr = "198.51.100.7:4100".parse().unwrap();
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(l.on_packet(later, moved, &h(200, 5), true), Latch::Ignore);
+        assert_eq!(l.on_packet(later, moved, &h(201, 5), true), Latch::Accept { send_to: moved });
     }
 
     #[test]

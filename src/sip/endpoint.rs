@@ -48,7 +48,11 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
     }
 }
 
@@ -238,6 +242,11 @@ impl Endpoint {
         self.dialogs.len()
     }
 
+    /// BYE transactions still waiting for their final response.
+    pub fn pending_byes(&self) -> usize {
+        self.client.values().filter(|t| !t.done).count()
+    }
+
     /// Number of live transactions, for tests and metrics.
     pub fn transaction_count(&self) -> usize {
         self.server.len() + self.client.len()
@@ -284,13 +293,13 @@ impl Endpoint {
             self.server_retransmission(now, id, &req);
             return;
         }
-        if req.method == "INVITE" {
-            if let Some(call) = self.accepted.get(&key) {
-                if let Some(resp) = self.dialogs.get(call).and_then(|d| d.pending_2xx.clone()) {
-                    self.outputs.push_back(Output::Transmit(Transmit { flow, data: resp }));
-                }
-                return;
+        if req.method == "INVITE"
+            && let Some(call) = self.accepted.get(&key)
+        {
+            if let Some(resp) = self.dialogs.get(call).and_then(|d| d.pending_2xx.clone()) {
+                self.outputs.push_back(Output::Transmit(Transmit { flow, data: resp }));
             }
+            return;
         }
         // §8.2.2.3: Require options we do not support (never for ACK or CANCEL).
         if req.method != "ACK" && req.method != "CANCEL" {
@@ -308,7 +317,13 @@ impl Endpoint {
             "INVITE" => self.handle_invite(now, flow, req, key),
             "OPTIONS" => {
                 let id = self.new_server_tx(key, false, flow, None);
-                let resp = self.response(&req, 200, "OK", None, &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())]);
+                let resp = self.response(
+                    &req,
+                    200,
+                    "OK",
+                    None,
+                    &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())],
+                );
                 self.send_final(now, id, resp, 200);
             }
             "BYE" | "INFO" | "UPDATE" => {
@@ -354,9 +369,10 @@ impl Endpoint {
         }
         // §8.2.2.2 merged request: same From tag, Call-ID and CSeq as a live INVITE
         // that came by another path.
-        let merged = self.dialogs.values().any(|d| {
-            d.call_id == req.call_id && d.remote_tag == req.from.tag().unwrap_or("") && d.invite_cseq == req.cseq.seq
-        });
+        let merged = self
+            .dialogs
+            .values()
+            .any(|d| d.call_id == req.call_id && d.remote_tag == req.from.tag().unwrap_or("") && d.invite_cseq == req.cseq.seq);
         if merged {
             return self.refuse(now, flow, req, key, Rejection::new(482, "Loop Detected: merged request"));
         }
@@ -409,7 +425,9 @@ impl Endpoint {
     /// Sends `180 Ringing` for a call the layer above wants to delay.
     pub fn ring(&mut self, call: CallKey) {
         let Some(d) = self.dialogs.get(&call) else { return };
-        let (Some(tx), Some(req)) = (d.invite_tx, d.invite_request.as_deref()) else { return };
+        let (Some(tx), Some(req)) = (d.invite_tx, d.invite_request.as_deref()) else {
+            return;
+        };
         if d.state != DialogState::Early {
             return;
         }
@@ -423,7 +441,9 @@ impl Endpoint {
     pub fn accept(&mut self, now: Instant, call: CallKey, sdp: &[u8]) {
         let t1 = self.config.timers.t1;
         let Some(d) = self.dialogs.get(&call) else { return };
-        let (Some(tx), Some(req)) = (d.invite_tx, d.invite_request.as_deref()) else { return };
+        let (Some(tx), Some(req)) = (d.invite_tx, d.invite_request.as_deref()) else {
+            return;
+        };
         if d.state != DialogState::Early {
             return;
         }
@@ -449,7 +469,9 @@ impl Endpoint {
     /// transaction does.
     pub fn reject(&mut self, now: Instant, call: CallKey, rejection: Rejection) {
         let Some(d) = self.dialogs.get_mut(&call) else { return };
-        let (Some(tx), Some(req)) = (d.invite_tx, d.invite_request.take()) else { return };
+        let (Some(tx), Some(req)) = (d.invite_tx, d.invite_request.take()) else {
+            return;
+        };
         if d.state != DialogState::Early {
             return;
         }
@@ -483,8 +505,18 @@ impl Endpoint {
         let tag = d.local_tag.clone();
         let flow = d.flow;
         let (status, reason, body, extra) = match &answer {
-            Ok(sdp) => (200, "OK".to_owned(), Some(("application/sdp", sdp.as_slice())), vec![("Contact", self.contact(flow))]),
-            Err(r) => (r.status, r.reason.clone(), None, r.headers.iter().map(|(n, v)| (*n, v.clone())).collect()),
+            Ok(sdp) => (
+                200,
+                "OK".to_owned(),
+                Some(("application/sdp", sdp.as_slice())),
+                vec![("Contact", self.contact(flow))],
+            ),
+            Err(r) => (
+                r.status,
+                r.reason.clone(),
+                None,
+                r.headers.iter().map(|(n, v)| (*n, v.clone())).collect(),
+            ),
         };
         let resp = self.response_tagged(&req, status, &reason, Some(&tag), body, &extra);
         if method == "INVITE" && status == 200 {
@@ -533,7 +565,17 @@ impl Endpoint {
         let t1 = self.config.timers.t1;
         self.server.insert(
             id,
-            ServerTx { key, invite, flow, state: ServerState::Proceeding, last_response: None, retransmit_at: None, interval: t1, expires_at: None, call },
+            ServerTx {
+                key,
+                invite,
+                flow,
+                state: ServerState::Proceeding,
+                last_response: None,
+                retransmit_at: None,
+                interval: t1,
+                expires_at: None,
+                call,
+            },
         );
         id
     }
@@ -604,10 +646,13 @@ impl Endpoint {
             let was_rejected = tx.invite && tx.state != ServerState::Proceeding;
             self.remove_server(id);
             // A rejected INVITE's dialog ends with its transaction.
-            if let Some(call) = call.filter(|_| was_rejected) {
-                if self.dialogs.get(&call).is_some_and(|d| d.state == DialogState::Terminating && d.invite_tx == Some(id)) {
-                    self.drop_dialog(call);
-                }
+            if let Some(call) = call.filter(|_| was_rejected)
+                && self
+                    .dialogs
+                    .get(&call)
+                    .is_some_and(|d| d.state == DialogState::Terminating && d.invite_tx == Some(id))
+            {
+                self.drop_dialog(call);
             }
             return;
         }
@@ -659,12 +704,20 @@ impl Endpoint {
         }
         w.header("Server", &self.config.user_agent);
         self.note_refusal(flow.remote, method, &rejection);
-        self.outputs.push_back(Output::Transmit(Transmit { flow, data: w.finish(None, &[]) }));
+        self.outputs.push_back(Output::Transmit(Transmit {
+            flow,
+            data: w.finish(None, &[]),
+        }));
     }
 
     fn note_refusal(&mut self, peer: SocketAddr, method: &str, rejection: &Rejection) {
         if self.refusals.len() < 1024 {
-            self.refusals.push_back(Refusal { peer, method: method.to_owned(), status: rejection.status, reason: rejection.reason.clone() });
+            self.refusals.push_back(Refusal {
+                peer,
+                method: method.to_owned(),
+                status: rejection.status,
+                reason: rejection.reason.clone(),
+            });
         }
     }
 
@@ -692,12 +745,21 @@ impl Endpoint {
         let invite_key = server_key_for(&req, "INVITE");
         let key = server_key(&req);
         let Some(&invite_tx) = self.server_index.get(&invite_key) else {
-            return self.refuse(now, flow, req, key, Rejection::new(481, "Call/Transaction Does Not Exist: nothing to cancel"));
+            return self.refuse(
+                now,
+                flow,
+                req,
+                key,
+                Rejection::new(481, "Call/Transaction Does Not Exist: nothing to cancel"),
+            );
         };
         let id = self.new_server_tx(key, false, flow, None);
         let ok = self.response(&req, 200, "OK", None, &[]);
         self.send_final(now, id, ok, 200);
-        let call = self.server.get(&invite_tx).and_then(|t| if t.state == ServerState::Proceeding { t.call } else { None });
+        let call = self
+            .server
+            .get(&invite_tx)
+            .and_then(|t| if t.state == ServerState::Proceeding { t.call } else { None });
         let Some(call) = call else { return };
         let Some(d) = self.dialogs.get_mut(&call) else { return };
         if d.state != DialogState::Early {
@@ -777,10 +839,10 @@ impl Endpoint {
         if let Some(d) = self.dialogs.remove(&call) {
             self.dialog_index.remove(&(d.call_id, d.local_tag));
             self.accepted.remove(&d.invite_key);
-            if let Some(tx) = d.invite_tx {
-                if let Some(t) = self.server.get_mut(&tx) {
-                    t.call = None;
-                }
+            if let Some(tx) = d.invite_tx
+                && let Some(t) = self.server.get_mut(&tx)
+            {
+                t.call = None;
             }
         }
     }
@@ -825,7 +887,10 @@ impl Endpoint {
         let flow = d.flow;
         let mut w = MessageWriter::request("BYE", &d.remote_target);
         let via_host = self.config.public_addr.unwrap_or(flow.local);
-        w.header("Via", format!("SIP/2.0/{} {};branch={branch};rport", flow.transport.via_token(), via_host));
+        w.header(
+            "Via",
+            format!("SIP/2.0/{} {};branch={branch};rport", flow.transport.via_token(), via_host),
+        );
         w.header("Max-Forwards", 70);
         for route in &d.route_set {
             w.header("Route", route);
@@ -844,7 +909,16 @@ impl Endpoint {
         self.client_index.insert(branch.clone(), id);
         self.client.insert(
             id,
-            ClientTx { branch, call, flow, request: request.clone(), retransmit_at, interval: t1, expires_at: now + 64 * t1, done: false },
+            ClientTx {
+                branch,
+                call,
+                flow,
+                request: request.clone(),
+                retransmit_at,
+                interval: t1,
+                expires_at: now + 64 * t1,
+                done: false,
+            },
         );
         self.outputs.push_back(Output::Transmit(Transmit { flow, data: request }));
         self.schedule(retransmit_at.unwrap_or(now + 64 * t1), TimerId::Client(id));
@@ -885,7 +959,10 @@ impl Endpoint {
             return;
         }
         if tx.retransmit_at.is_some_and(|at| at <= now) {
-            self.outputs.push_back(Output::Transmit(Transmit { flow: tx.flow, data: tx.request.clone() }));
+            self.outputs.push_back(Output::Transmit(Transmit {
+                flow: tx.flow,
+                data: tx.request.clone(),
+            }));
             tx.interval = (tx.interval * 2).min(t2);
             tx.retransmit_at = Some(now + tx.interval);
         }
@@ -904,7 +981,11 @@ impl Endpoint {
 
     fn response(&self, req: &Request, status: u16, reason: &str, body: Option<(&str, &[u8])>, extra: &[(&str, String)]) -> Vec<u8> {
         // Every non-100 response carries a To tag (§8.2.6.2).
-        let tag = if status > 100 && req.to.tag().is_none() { Some(random_token(10)) } else { None };
+        let tag = if status > 100 && req.to.tag().is_none() {
+            Some(random_token(10))
+        } else {
+            None
+        };
         self.response_tagged(req, status, reason, tag.as_deref(), body, extra)
     }
 
@@ -951,7 +1032,10 @@ impl Endpoint {
 
     /// The flow a request arrived on, when we can tell from our state.
     fn dialog_flow_hint(&self, req: &Request) -> Option<Flow> {
-        self.server_index.get(&server_key(req)).and_then(|id| self.server.get(id)).map(|t| t.flow)
+        self.server_index
+            .get(&server_key(req))
+            .and_then(|id| self.server.get(id))
+            .map(|t| t.flow)
     }
 
     /// The top Via with `received`/`rport` filled in (RFC 3261 §18.2.1, RFC 3581),

@@ -86,7 +86,12 @@ impl Via {
             return Err(bad("invalid transport token"));
         }
         let (host, port) = split_host_port(&sent_by).ok_or_else(|| bad("invalid sent-by host or port"))?;
-        Ok(Via { transport: transport.to_ascii_uppercase(), host, port, params: Params::parse(params)? })
+        Ok(Via {
+            transport: transport.to_ascii_uppercase(),
+            host,
+            port,
+            params: Params::parse(params)?,
+        })
     }
 
     /// The branch, if it carries the RFC 3261 magic cookie (otherwise the request is
@@ -123,7 +128,9 @@ impl NameAddr {
             let end = closing_quote(after_quote).ok_or_else(|| bad("unterminated quoted display name".into()))?;
             let display = unescape_quoted(&after_quote[..end]);
             let rest = after_quote[end + 1..].trim_start();
-            let inner = rest.strip_prefix('<').ok_or_else(|| bad("quoted display name must be followed by <uri>".into()))?;
+            let inner = rest
+                .strip_prefix('<')
+                .ok_or_else(|| bad("quoted display name must be followed by <uri>".into()))?;
             let close = inner.find('>').ok_or_else(|| bad("missing closing > after URI".into()))?;
             (Some(display), &inner[..close], &inner[close + 1..])
         } else if let Some(open) = value.find('<') {
@@ -155,7 +162,11 @@ impl NameAddr {
         if !rest.is_empty() && !rest.starts_with(';') {
             return Err(bad(format!("unexpected text after the address: {rest:?}")));
         }
-        Ok(NameAddr { display, uri, params: Params::parse(rest)? })
+        Ok(NameAddr {
+            display,
+            uri,
+            params: Params::parse(rest)?,
+        })
     }
 
     pub fn tag(&self) -> Option<&str> {
@@ -183,11 +194,18 @@ impl CSeq {
             return Err(bad("sequence number is not a number"));
         }
         // RFC 3261 §8.1.1.5: the number must be below 2**31.
-        let seq = number.parse::<u32>().ok().filter(|n| *n < 1 << 31).ok_or_else(|| bad("sequence number is 2**31 or larger"))?;
+        let seq = number
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < 1 << 31)
+            .ok_or_else(|| bad("sequence number is 2**31 or larger"))?;
         if !method.bytes().all(is_token_byte) {
             return Err(bad("method is not a token"));
         }
-        Ok(CSeq { seq, method: method.to_owned() })
+        Ok(CSeq {
+            seq,
+            method: method.to_owned(),
+        })
     }
 }
 
@@ -324,7 +342,11 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let n = NameAddr::parse("From", "\"J Rosenberg \\\\\\\"\"  <sip:jdrosen@example.com>\r\n ;\r\n tag = 98asjd8").unwrap();
+        let n = NameAddr::parse(
+            "From",
+            "\"J Rosenberg \\\\\\\"\"  <sip:jdrosen@example.com>\r\n ;\r\n tag = 98asjd8",
+        )
+        .unwrap();
         assert_eq!(n.display.as_deref(), Some("J Rosenberg \\\""));
         assert_eq!(n.tag(), Some("98asjd8"));
         let n = NameAddr::parse("To", "sip:user@example.com;tag=1").unwrap();
@@ -337,14 +359,29 @@ mod tests {
     #[test]
     fn name_addr_rejects_rfc4475_errors() {
         assert!(NameAddr::parse("To", "\"Watson, Thomas <sip:t@example.org>").is_err(), "quotbal");
-        assert!(NameAddr::parse("To", "\"Watson, Thomas\" < sip:t.watson@example.org >").is_err(), "badaspec");
-        assert!(NameAddr::parse("From", "Bell, Alexander <sip:a.g.bell@example.com>;tag=43").is_err(), "baddn");
-        assert!(NameAddr::parse("Contact", "sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err(), "regbadct");
+        assert!(
+            NameAddr::parse("To", "\"Watson, Thomas\" < sip:t.watson@example.org >").is_err(),
+            "badaspec"
+        );
+        assert!(
+            NameAddr::parse("From", "Bell, Alexander <sip:a.g.bell@example.com>;tag=43").is_err(),
+            "baddn"
+        );
+        assert!(
+            NameAddr::parse("Contact", "sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err(),
+            "regbadct"
+        );
     }
 
     #[test]
     fn cseq_limits() {
-        assert_eq!(CSeq::parse("0009\r\n  INVITE").unwrap(), CSeq { seq: 9, method: "INVITE".into() });
+        assert_eq!(
+            CSeq::parse("0009\r\n  INVITE").unwrap(),
+            CSeq {
+                seq: 9,
+                method: "INVITE".into()
+            }
+        );
         assert!(CSeq::parse("36893488147419103232 INVITE").is_err());
         assert!(CSeq::parse("2147483648 INVITE").is_err());
         assert!(CSeq::parse("-1 INVITE").is_err());

@@ -81,12 +81,18 @@ impl Headers {
 
     /// Every header line named `name`, in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every comma-separated value of a list header (`Via`, `Require`, `Accept`…).
     pub fn list<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.all(name).flat_map(|v| super::header::split_outside_quotes(v, b',')).map(str::trim).filter(|v| !v.is_empty())
+        self.all(name)
+            .flat_map(|v| super::header::split_outside_quotes(v, b','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn count(&self, name: &str) -> usize {
@@ -140,8 +146,14 @@ pub fn parse(data: &[u8]) -> Result<RawMessage, ParseError> {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(ParseError::HeaderLine(truncate(&line)));
         }
-        let name = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)).map_or(name, |(_, full)| full);
-        let canonical = COMPACT.iter().find(|(_, full)| full.eq_ignore_ascii_case(name)).map_or(name, |(_, full)| full);
+        let name = COMPACT
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(name))
+            .map_or(name, |(_, full)| full);
+        let canonical = COMPACT
+            .iter()
+            .find(|(_, full)| full.eq_ignore_ascii_case(name))
+            .map_or(name, |(_, full)| full);
         headers.push(canonical, value.trim());
     }
     let rest = &data[body_start..];
@@ -153,7 +165,13 @@ pub fn parse(data: &[u8]) -> Result<RawMessage, ParseError> {
         Some(_) => (Bytes::copy_from_slice(rest), true),
         None => (Bytes::copy_from_slice(rest), false),
     };
-    Ok(RawMessage { start, headers, body, body_short, start_error })
+    Ok(RawMessage {
+        start,
+        headers,
+        body,
+        body_short,
+        start_error,
+    })
 }
 
 /// For stream transports: the length of the first complete message in `buf`, or
@@ -171,7 +189,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
         if let Some((name, value)) = line.split_once(':') {
             let name = name.trim();
             if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-                let n = value.trim().parse::<usize>().map_err(|_| ParseError::header("Content-Length", "not a number".into()))?;
+                let n = value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| ParseError::header("Content-Length", "not a number".into()))?;
                 length = Some(n);
             }
         }
@@ -207,12 +228,12 @@ fn unfold(head: &str) -> impl Iterator<Item = String> + '_ {
     let mut out: Vec<String> = Vec::new();
     for line in head.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim_start());
-                continue;
-            }
+        if line.starts_with([' ', '\t'])
+            && let Some(last) = out.last_mut()
+        {
+            last.push(' ');
+            last.push_str(line.trim_start());
+            continue;
         }
         if !line.is_empty() {
             out.push(line.to_owned());
@@ -228,7 +249,11 @@ fn parse_start_line(line: &str) -> Result<(StartLine, Option<String>), ParseErro
         let version = format!("SIP/{}", parts.next().ok_or_else(bad)?);
         let code = parts.next().ok_or_else(bad)?;
         let reason = parts.next().unwrap_or("").to_owned();
-        let status = code.parse::<u16>().ok().filter(|c| code.len() == 3 && (100..700).contains(c)).ok_or_else(bad)?;
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .filter(|c| code.len() == 3 && (100..700).contains(c))
+            .ok_or_else(bad)?;
         return Ok((StartLine::Response { version, status, reason }, None));
     }
     // Request-Line = Method SP Request-URI SP SIP-Version: exactly one space each,
@@ -245,7 +270,14 @@ fn parse_start_line(line: &str) -> Result<(StartLine, Option<String>), ParseErro
     }
     let error = (line.split(' ').count() != 3 || words.len() != 3)
         .then(|| "Bad Request-Line: method, Request-URI and SIP version must be separated by single spaces".to_owned());
-    Ok((StartLine::Request { method: method.to_owned(), uri, version: version.to_owned() }, error))
+    Ok((
+        StartLine::Request {
+            method: method.to_owned(),
+            uri,
+            version: version.to_owned(),
+        },
+        error,
+    ))
 }
 
 fn truncate(s: &str) -> String {
@@ -288,7 +320,11 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(status: u16, reason: impl Into<String>) -> Self {
-        Rejection { status, reason: reason.into(), headers: Vec::new() }
+        Rejection {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -316,30 +352,50 @@ impl Request {
                 return Err(Rejection::new(400, format!("Bad Request: {name} appears more than once")));
             }
         }
-        let via = h.list("Via").next().ok_or_else(|| Rejection::new(400, "Bad Request: missing Via"))?;
+        let via = h
+            .list("Via")
+            .next()
+            .ok_or_else(|| Rejection::new(400, "Bad Request: missing Via"))?;
         let via = Via::parse(via).map_err(bad)?;
         for other in h.list("Via").skip(1) {
             Via::parse(other).map_err(bad)?;
         }
-        let call_id = h.get("Call-ID").filter(|c| !c.is_empty()).ok_or_else(|| Rejection::new(400, "Bad Request: missing Call-ID"))?.to_owned();
+        let call_id = h
+            .get("Call-ID")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Rejection::new(400, "Bad Request: missing Call-ID"))?
+            .to_owned();
         if call_id.contains(char::is_whitespace) {
             return Err(Rejection::new(400, "Bad Request: Call-ID contains whitespace"));
         }
-        let from = NameAddr::parse("From", h.get("From").ok_or_else(|| Rejection::new(400, "Bad Request: missing From"))?).map_err(bad)?;
+        let from = NameAddr::parse(
+            "From",
+            h.get("From").ok_or_else(|| Rejection::new(400, "Bad Request: missing From"))?,
+        )
+        .map_err(bad)?;
         let to = NameAddr::parse("To", h.get("To").ok_or_else(|| Rejection::new(400, "Bad Request: missing To"))?).map_err(bad)?;
         let cseq = CSeq::parse(h.get("CSeq").ok_or_else(|| Rejection::new(400, "Bad Request: missing CSeq"))?).map_err(bad)?;
         if cseq.method != method {
-            return Err(Rejection::new(400, format!("Bad Request: CSeq method {} does not match request method {method}", cseq.method)));
+            return Err(Rejection::new(
+                400,
+                format!("Bad Request: CSeq method {} does not match request method {method}", cseq.method),
+            ));
         }
-        if let Some(mf) = h.get("Max-Forwards") {
-            if mf.parse::<u32>().ok().filter(|n| *n <= 255).is_none() || !mf.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Rejection::new(400, format!("Bad Request: Max-Forwards {mf:?} is not a number from 0 to 255")));
-            }
+        if let Some(mf) = h.get("Max-Forwards")
+            && (mf.parse::<u32>().ok().filter(|n| *n <= 255).is_none() || !mf.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(Rejection::new(
+                400,
+                format!("Bad Request: Max-Forwards {mf:?} is not a number from 0 to 255"),
+            ));
         }
-        if let Some(cl) = h.get("Content-Length") {
-            if !cl.bytes().all(|b| b.is_ascii_digit()) || cl.is_empty() || cl.parse::<u32>().is_err() {
-                return Err(Rejection::new(400, format!("Bad Request: Content-Length {cl:?} is not a valid length")));
-            }
+        if let Some(cl) = h.get("Content-Length")
+            && (!cl.bytes().all(|b| b.is_ascii_digit()) || cl.is_empty() || cl.parse::<u32>().is_err())
+        {
+            return Err(Rejection::new(
+                400,
+                format!("Bad Request: Content-Length {cl:?} is not a valid length"),
+            ));
         }
         if raw.body_short {
             return Err(Rejection::new(400, "Bad Request: Content-Length is larger than the message body"));
@@ -354,9 +410,22 @@ impl Request {
             return Err(Rejection::new(416, "Unsupported URI Scheme in Request-URI").with_header("Accept", "application/sdp"));
         }
         if uri.has_headers {
-            return Err(Rejection::new(400, "Bad Request-URI: header fields (?...) are not allowed in a Request-URI"));
+            return Err(Rejection::new(
+                400,
+                "Bad Request-URI: header fields (?...) are not allowed in a Request-URI",
+            ));
         }
-        Ok(Request { method, uri, headers: raw.headers, body: raw.body, via, from, to, call_id, cseq })
+        Ok(Request {
+            method,
+            uri,
+            headers: raw.headers,
+            body: raw.body,
+            via,
+            from,
+            to,
+            call_id,
+            cseq,
+        })
     }
 
     pub fn is(&self, method: &str) -> bool {
@@ -366,11 +435,20 @@ impl Request {
 
 impl Response {
     pub fn validate(raw: RawMessage) -> Option<Response> {
-        let StartLine::Response { status, reason, .. } = raw.start else { return None };
+        let StartLine::Response { status, reason, .. } = raw.start else {
+            return None;
+        };
         let via = Via::parse(raw.headers.list("Via").next()?).ok()?;
         let call_id = raw.headers.get("Call-ID")?.to_owned();
         let cseq = CSeq::parse(raw.headers.get("CSeq")?).ok()?;
-        Some(Response { status, reason, headers: raw.headers, via, call_id, cseq })
+        Some(Response {
+            status,
+            reason,
+            headers: raw.headers,
+            via,
+            call_id,
+            cseq,
+        })
     }
 }
 
@@ -464,9 +542,11 @@ mod tests {
         assert!(r.reason.contains("CSeq method"), "{}", r.reason);
         let r = Request::validate(parse(INVITE.replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia").as_bytes()).unwrap()).unwrap_err();
         assert_eq!(r.status, 505);
-        let r = Request::validate(parse(INVITE.replace("sip:bob@example.com SIP", "xmpp:bob@example.com SIP").as_bytes()).unwrap()).unwrap_err();
+        let r = Request::validate(parse(INVITE.replace("sip:bob@example.com SIP", "xmpp:bob@example.com SIP").as_bytes()).unwrap())
+            .unwrap_err();
         assert_eq!(r.status, 416);
-        let r = Request::validate(parse(INVITE.replace("Call-ID: a84b4c76e66710@pc33.example.com\r\n", "").as_bytes()).unwrap()).unwrap_err();
+        let r =
+            Request::validate(parse(INVITE.replace("Call-ID: a84b4c76e66710@pc33.example.com\r\n", "").as_bytes()).unwrap()).unwrap_err();
         assert_eq!((r.status, r.reason.as_str()), (400, "Bad Request: missing Call-ID"));
     }
 

@@ -100,14 +100,20 @@ pub struct SessionDescription {
 impl SessionDescription {
     pub fn parse(body: &[u8]) -> Result<Self, SdpError> {
         let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
-        let mut sd = SessionDescription { connection: None, direction: None, media: Vec::new() };
+        let mut sd = SessionDescription {
+            connection: None,
+            direction: None,
+            media: Vec::new(),
+        };
         let mut saw_version = false;
         for line in text.lines() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
                 continue;
             }
-            let (kind, value) = line.split_once('=').ok_or_else(|| SdpError::Line(line.chars().take(60).collect()))?;
+            let (kind, value) = line
+                .split_once('=')
+                .ok_or_else(|| SdpError::Line(line.chars().take(60).collect()))?;
             let bad = || SdpError::Line(line.chars().take(60).collect());
             match kind {
                 "v" => {
@@ -131,7 +137,15 @@ impl SessionDescription {
                     let port = port.split('/').next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(bad)?;
                     let proto = words.next().ok_or_else(bad)?.to_owned();
                     let formats = words.map(str::to_owned).collect();
-                    sd.media.push(MediaDescription { kind, port, proto, formats, connection: None, rtpmaps: Vec::new(), direction: None });
+                    sd.media.push(MediaDescription {
+                        kind,
+                        port,
+                        proto,
+                        formats,
+                        connection: None,
+                        rtpmaps: Vec::new(),
+                        direction: None,
+                    });
                 }
                 "a" => {
                     let (name, arg) = value.split_once(':').unwrap_or((value, ""));
@@ -183,7 +197,11 @@ fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
     let mut parts = rest.trim().split('/');
     let encoding = parts.next()?.to_owned();
     let clock_rate = parts.next()?.parse().ok()?;
-    Some(RtpMap { payload_type: pt.parse().ok()?, encoding, clock_rate })
+    Some(RtpMap {
+        payload_type: pt.parse().ok()?,
+        encoding,
+        clock_rate,
+    })
 }
 
 /// What the offer/answer exchange settled for the call's audio.
@@ -212,21 +230,38 @@ pub const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
 
 /// Answers `offer` (RFC 3264 §6): returns the negotiated audio and the answer body.
 pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotiated, String), SdpError> {
-    let audio_index = offer.media.iter().position(|m| m.kind == "audio" && m.port != 0 && m.proto.starts_with("RTP/AVP"));
+    let audio_index = offer
+        .media
+        .iter()
+        .position(|m| m.kind == "audio" && m.port != 0 && m.proto.starts_with("RTP/AVP"));
     let Some(audio_index) = audio_index else {
         return Err(SdpError::NoAudio);
     };
     let audio = &offer.media[audio_index];
     let (codec, payload_type) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
-    let telephone_event = audio.rtpmaps.iter().find(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000).map(|m| m.payload_type);
+    let telephone_event = audio
+        .rtpmaps
+        .iter()
+        .find(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000)
+        .map(|m| m.payload_type);
     let conn = audio.connection.or(offer.connection).ok_or(SdpError::NoConnection)?;
     let offered = audio.direction.or(offer.direction).unwrap_or(Direction::SendRecv);
     // RFC 2543 hold: c=0.0.0.0 means "do not send to me".
     let mut direction = offered.reverse();
     if conn.is_unspecified() && direction.sends() {
-        direction = if direction == Direction::SendRecv { Direction::RecvOnly } else { Direction::Inactive };
+        direction = if direction == Direction::SendRecv {
+            Direction::RecvOnly
+        } else {
+            Direction::Inactive
+        };
     }
-    let negotiated = Negotiated { codec, payload_type, telephone_event, remote: SocketAddr::new(conn, audio.port), direction };
+    let negotiated = Negotiated {
+        codec,
+        payload_type,
+        telephone_event,
+        remote: SocketAddr::new(conn, audio.port),
+        direction,
+    };
     let mut body = session_header(local);
     for (i, m) in offer.media.iter().enumerate() {
         if i == audio_index {
@@ -254,7 +289,11 @@ pub fn offer(local: &LocalMedia) -> String {
 
 /// Reads the answer to our offer (the ACK body of a delayed-offer call).
 pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError> {
-    let audio = answer.media.iter().find(|m| m.kind == "audio" && m.port != 0).ok_or(SdpError::NoAudio)?;
+    let audio = answer
+        .media
+        .iter()
+        .find(|m| m.kind == "audio" && m.port != 0)
+        .ok_or(SdpError::NoAudio)?;
     let (codec, payload_type) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
     let telephone_event = audio
         .rtpmaps
@@ -263,7 +302,13 @@ pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError
         .map(|m| m.payload_type);
     let conn = audio.connection.or(answer.connection).ok_or(SdpError::NoConnection)?;
     let theirs = audio.direction.or(answer.direction).unwrap_or(Direction::SendRecv);
-    Ok(Negotiated { codec, payload_type, telephone_event, remote: SocketAddr::new(conn, audio.port), direction: theirs.reverse() })
+    Ok(Negotiated {
+        codec,
+        payload_type,
+        telephone_event,
+        remote: SocketAddr::new(conn, audio.port),
+        direction: theirs.reverse(),
+    })
 }
 
 fn choose_codec(m: &MediaDescription) -> Option<(G711, u8)> {
@@ -326,7 +371,12 @@ mod tests {
     use super::*;
 
     fn local() -> LocalMedia {
-        LocalMedia { addr: "192.0.2.10".parse().unwrap(), port: 10000, session_id: 7, version: 1 }
+        LocalMedia {
+            addr: "192.0.2.10".parse().unwrap(),
+            port: 10000,
+            session_id: 7,
+            version: 1,
+        }
     }
 
     fn offer_with(media: &str) -> SessionDescription {
@@ -336,7 +386,9 @@ mod tests {
 
     #[test]
     fn prefers_callers_order_and_keeps_telephone_event_pt() {
-        let o = offer_with("m=audio 4000 RTP/AVP 8 0 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 telephone-event/8000\r\n");
+        let o = offer_with(
+            "m=audio 4000 RTP/AVP 8 0 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 telephone-event/8000\r\n",
+        );
         let (n, body) = answer(&o, &local()).unwrap();
         assert_eq!(n.codec, G711::Alaw);
         assert_eq!(n.payload_type, 8);

@@ -41,7 +41,12 @@ pub async fn bind(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
 }
 
 /// Accepts TCP connections until shutdown, at most `max_connections` at a time.
-pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, max_connections: usize, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    inbound: mpsc::Sender<Inbound>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let open = Arc::new(AtomicUsize::new(0));
     loop {
@@ -75,7 +80,11 @@ pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, 
         let open = open.clone();
         let inbound = inbound.clone();
         tokio::spawn(async move {
-            let flow = Flow { transport: Transport::Tcp(id), remote, local };
+            let flow = Flow {
+                transport: Transport::Tcp(id),
+                remote,
+                local,
+            };
             if let Err(e) = connection(stream, flow, inbound.clone(), queue).await {
                 tracing::debug!(peer = %remote, error = %e, "TCP connection ended");
             }

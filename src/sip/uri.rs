@@ -36,7 +36,11 @@ pub struct Uri {
 impl Uri {
     pub fn parse(text: &str) -> Result<Self, UriError> {
         let bad = |why: &str| UriError(format!("{why} in {text:?}"));
-        if text.is_empty() || text.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'<' || b == b'>') {
+        if text.is_empty()
+            || text
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'<' || b == b'>')
+        {
             return Err(bad("whitespace, control characters or <> "));
         }
         let (scheme, rest) = text.split_once(':').ok_or_else(|| bad("no scheme"))?;
@@ -54,14 +58,30 @@ impl Uri {
         };
         let raw = text.to_owned();
         match scheme {
-            Scheme::Other(_) => Ok(Uri { scheme, user: None, host: String::new(), port: None, params: Params::default(), has_headers: false, raw }),
+            Scheme::Other(_) => Ok(Uri {
+                scheme,
+                user: None,
+                host: String::new(),
+                port: None,
+                params: Params::default(),
+                has_headers: false,
+                raw,
+            }),
             Scheme::Tel => {
                 let (number, params) = rest.split_once(';').unwrap_or((rest, ""));
                 if number.is_empty() {
                     return Err(bad("empty tel number"));
                 }
                 let params = Params::parse(params).map_err(|e| UriError(e.to_string()))?;
-                Ok(Uri { scheme, user: Some(number.to_owned()), host: String::new(), port: None, params, has_headers: false, raw })
+                Ok(Uri {
+                    scheme,
+                    user: Some(number.to_owned()),
+                    host: String::new(),
+                    port: None,
+                    params,
+                    has_headers: false,
+                    raw,
+                })
             }
             Scheme::Sip | Scheme::Sips => {
                 // The user part may itself contain ';' and '?' (RFC 4475 semiuri,
@@ -91,7 +111,15 @@ impl Uri {
                     return Err(bad("invalid host"));
                 }
                 let params = Params::parse(params).map_err(|e| UriError(e.to_string()))?;
-                Ok(Uri { scheme, user, host, port, params, has_headers, raw })
+                Ok(Uri {
+                    scheme,
+                    user,
+                    host,
+                    port,
+                    params,
+                    has_headers,
+                    raw,
+                })
             }
         }
     }
@@ -122,7 +150,9 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(b) = hex {
                 out.push(b);
                 i += 3;
@@ -162,7 +192,10 @@ mod tests {
 
     #[test]
     fn other_schemes_and_errors() {
-        assert_eq!(Uri::parse("nobodyknowsthisscheme:totallyopaquecontent").unwrap().scheme, Scheme::Other("nobodyknowsthisscheme".into()));
+        assert_eq!(
+            Uri::parse("nobodyknowsthisscheme:totallyopaquecontent").unwrap().scheme,
+            Scheme::Other("nobodyknowsthisscheme".into())
+        );
         assert!(!Uri::parse("soap.beep://192.0.2.103:3002").unwrap().is_sip());
         assert!(Uri::parse("<sip:user@example.com>").is_err());
         assert!(Uri::parse("sip:user@example.com?Route=x").unwrap().has_headers);

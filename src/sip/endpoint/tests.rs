@@ -12,7 +12,11 @@ struct Harness {
 }
 
 fn udp_flow() -> Flow {
-    Flow { transport: Transport::Udp, remote: "192.0.2.7:5062".parse().unwrap(), local: "192.0.2.1:5060".parse().unwrap() }
+    Flow {
+        transport: Transport::Udp,
+        remote: "192.0.2.7:5062".parse().unwrap(),
+        local: "192.0.2.1:5060".parse().unwrap(),
+    }
 }
 
 impl Harness {
@@ -21,8 +25,16 @@ impl Harness {
     }
 
     fn with_flow(flow: Flow) -> Self {
-        let ep = Endpoint::new(EndpointConfig { user_agent: "precall-test".into(), timers: Timers::default(), public_addr: None });
-        Harness { ep, now: Instant::now(), flow }
+        let ep = Endpoint::new(EndpointConfig {
+            user_agent: "precall-test".into(),
+            timers: Timers::default(),
+            public_addr: None,
+        });
+        Harness {
+            ep,
+            now: Instant::now(),
+            flow,
+        }
     }
 
     fn feed(&mut self, msg: &str) {
@@ -95,7 +107,11 @@ fn status(msg: &str) -> u16 {
 }
 
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+    msg.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    })
 }
 
 fn to_tag(msg: &str) -> Option<String> {
@@ -173,14 +189,22 @@ fn lost_ack_retransmits_200_then_ends_with_bye() {
     // T1, then doubling to T2 = 4 s: 0.5, 1.5, 3.5, 7.5, 11.5, ...
     assert_eq!(&times[..5], &[500, 1500, 3500, 7500, 11500]);
     assert!(times.windows(2).skip(3).all(|w| w[1] - w[0] == 4000), "capped at T2: {times:?}");
-    assert!(events_all.iter().any(|e| matches!(e, SipEvent::AckTimeout { call: c } if *c == call)));
+    assert!(
+        events_all
+            .iter()
+            .any(|e| matches!(e, SipEvent::AckTimeout { call: c } if *c == call))
+    );
     let bye = sent_all.iter().find(|s| s.starts_with("BYE ")).expect("BYE after Timer H");
     assert!(bye.starts_with("BYE sip:alice@192.0.2.7:5062 SIP/2.0\r\n"), "{bye}");
     assert!(bye.contains(&format!(";tag={tag}")));
     assert!(bye.contains("To: \"Alice\" <sip:+15551234567@192.0.2.7:5062>;tag=alice1\r\n"));
     assert!(bye.contains("Reason: SIP;cause=200;text=\"ack_timeout\""));
     // The caller answers the BYE: the dialog is gone.
-    let branch = header(bye, "Via").and_then(|v| v.split("branch=").nth(1)).and_then(|b| b.split(';').next()).unwrap().to_owned();
+    let branch = header(bye, "Via")
+        .and_then(|v| v.split("branch=").nth(1))
+        .and_then(|b| b.split(';').next())
+        .unwrap()
+        .to_owned();
     let ok = format!(
         "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\nFrom: <sip:x@y>;tag={tag}\r\nTo: <sip:a@b>;tag=alice1\r\nCall-ID: call-1@192.0.2.7\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
     );
@@ -200,7 +224,11 @@ fn our_bye_retransmits_and_gives_up_after_timer_f() {
     let (sent, _) = h.drain();
     assert!(sent[0].starts_with("BYE "));
     let (sent, events) = h.advance(64 * T1 + Duration::from_millis(1));
-    assert!(sent.iter().all(|s| s.starts_with("BYE ")) && sent.len() >= 6, "retransmitted: {}", sent.len());
+    assert!(
+        sent.iter().all(|s| s.starts_with("BYE ")) && sent.len() >= 6,
+        "retransmitted: {}",
+        sent.len()
+    );
     assert!(matches!(events[..], [SipEvent::Terminated { call: c }] if c == call));
     assert_eq!(h.ep.transaction_count(), 0);
 }
@@ -296,8 +324,14 @@ fn rejections_carry_codes_reasons_and_headers() {
 
     let mut h = Harness::new();
     h.feed(&invite("z9hG4bK-r4", "", OFFER));
-    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else { panic!() };
-    h.ep.reject(h.now, call, Rejection::new(503, "Service Unavailable: at capacity (1 calls)").with_header("Retry-After", "30"));
+    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else {
+        panic!()
+    };
+    h.ep.reject(
+        h.now,
+        call,
+        Rejection::new(503, "Service Unavailable: at capacity (1 calls)").with_header("Retry-After", "30"),
+    );
     let r = h.drain().0.remove(0);
     assert!(r.starts_with("SIP/2.0 503 Service Unavailable: at capacity (1 calls)\r\n"));
     assert_eq!(header(&r, "Retry-After"), Some("30"));
@@ -345,8 +379,10 @@ fn reinvite_is_passed_up_and_answered() {
     h.feed(&in_dialog("ACK", 1, &tag, "z9hG4bK-ack1"));
     h.drain();
     let hold = OFFER.replace("a=rtpmap", "a=sendonly\r\na=rtpmap");
-    let reinvite = in_dialog("INVITE", 2, &tag, "z9hG4bK-re1")
-        .replace("Content-Length: 0\r\n\r\n", &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}", hold.len()));
+    let reinvite = in_dialog("INVITE", 2, &tag, "z9hG4bK-re1").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}", hold.len()),
+    );
     h.feed(&reinvite);
     let (sent, events) = h.drain();
     assert_eq!(status(&sent[0]), 100);
@@ -371,10 +407,15 @@ fn reinvite_is_passed_up_and_answered() {
 fn delayed_offer_answer_arrives_in_the_ack() {
     let mut h = Harness::new();
     h.feed(&invite("z9hG4bK-d1", "", ""));
-    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else { panic!() };
+    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else {
+        panic!()
+    };
     h.ep.accept(h.now, call, b"v=0\r\n");
     let tag = to_tag(&h.drain().0[0]).unwrap();
-    let ack = in_dialog("ACK", 1, &tag, "z9hG4bK-ack").replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{OFFER}", OFFER.len()));
+    let ack = in_dialog("ACK", 1, &tag, "z9hG4bK-ack").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{OFFER}", OFFER.len()),
+    );
     h.feed(&ack);
     let (_, events) = h.drain();
     assert!(matches!(&events[..], [SipEvent::Confirmed { body, .. }] if body.len() == OFFER.len()));
@@ -382,10 +423,15 @@ fn delayed_offer_answer_arrives_in_the_ack() {
 
 #[test]
 fn tcp_final_responses_are_not_retransmitted() {
-    let flow = Flow { transport: Transport::Tcp(9), ..udp_flow() };
+    let flow = Flow {
+        transport: Transport::Tcp(9),
+        ..udp_flow()
+    };
     let mut h = Harness::with_flow(flow);
     h.feed(&invite("z9hG4bK-t1", "", OFFER).replace("UDP", "TCP"));
-    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else { panic!() };
+    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else {
+        panic!()
+    };
     h.ep.reject(h.now, call, Rejection::new(486, "Busy Here"));
     assert_eq!(status(&h.drain().0[0]), 486);
     let (sent, _) = h.advance(Duration::from_secs(40));
@@ -393,7 +439,9 @@ fn tcp_final_responses_are_not_retransmitted() {
     assert_eq!(h.ep.dialog_count(), 0);
     // Contact says TCP on an accepted call.
     h.feed(&invite("z9hG4bK-t2", "", OFFER).replace("UDP", "TCP").replace("call-1@", "call-2@"));
-    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else { panic!() };
+    let SipEvent::Invite { call, .. } = h.drain().1[0].clone() else {
+        panic!()
+    };
     h.ep.accept(h.now, call, b"v=0\r\n");
     assert!(h.drain().0[0].contains("Contact: <sip:precall@192.0.2.1:5060;transport=tcp>"));
 }

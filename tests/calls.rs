@@ -1,0 +1,304 @@
+//! End to end over real sockets: a caller places calls to an in-process daemon and
+//! checks what arrives on the wire (SIP and RTP).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Caller, offer, start_daemon};
+use precall::media::g711::G711;
+use precall::media::rtp::RtpPacket;
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn udp_call_plays_the_greeting_and_ends_on_bye() {
+    let (daemon, prompts) = start_daemon(|_| {}).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "0 8 101", "sendrecv")).await;
+    let (provisional, ok) = c.final_response(SEC).await;
+    assert_eq!(provisional.first().and_then(|m| m.status()), Some(100), "100 Trying first");
+    assert!(provisional.iter().all(|m| m.status() != Some(180)), "no artificial ringing");
+    assert_eq!(ok.status(), Some(200));
+    assert!(
+        ok.body().contains("m=audio ") && ok.body().contains(" RTP/AVP 0 101\r\n"),
+        "{}",
+        ok.body()
+    );
+    assert!(ok.body().contains("a=rtpmap:101 telephone-event/8000"));
+    assert!(ok.header("Contact").is_some_and(|c| c.starts_with("<sip:precall@127.0.0.1:")));
+    c.ack("").await;
+
+    // 2 s of greeting: consecutive sequence numbers, +160 timestamps, one SSRC,
+    // marker on the first packet, and exactly the greeting's μ-law frames.
+    let mut packets = Vec::new();
+    while packets.len() < 100 {
+        let (data, _, from) = c.recv_rtp(SEC).await.expect("RTP keeps flowing");
+        assert_eq!(from.port(), ok.sdp_port().unwrap(), "RTP comes from the port in our SDP");
+        packets.push(data);
+    }
+    let parsed: Vec<_> = packets.iter().map(|p| RtpPacket::parse(p).unwrap()).collect();
+    assert!(parsed[0].header.marker);
+    for (i, p) in parsed.iter().enumerate() {
+        assert_eq!(p.header.payload_type, 0);
+        assert_eq!(p.header.ssrc, parsed[0].header.ssrc);
+        assert_eq!(p.header.sequence, parsed[0].header.sequence.wrapping_add(i as u16));
+        assert_eq!(p.header.timestamp, parsed[0].header.timestamp.wrapping_add(160 * i as u32));
+        assert_eq!(p.payload, prompts.greeting.frame(G711::Ulaw, i as u64), "frame {i} is the greeting");
+        if i > 0 {
+            assert!(!p.header.marker);
+        }
+    }
+    let ok = c.bye().await;
+    assert_eq!(ok.status(), Some(200));
+    // Media stops at once.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    while c.recv_rtp(Duration::from_millis(1)).await.is_some() {}
+    assert!(c.recv_rtp(Duration::from_millis(200)).await.is_none(), "no RTP after BYE");
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn tcp_call_with_pcma_and_daemon_side_bye_on_rtp_timeout() {
+    let (daemon, prompts) = start_daemon(|s| s.rtp.timeout_seconds = 1).await;
+    let mut c = Caller::tcp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "8 0", "sendrecv")).await;
+    let (_, ok) = c.final_response(SEC).await;
+    assert_eq!(ok.status(), Some(200));
+    assert!(ok.header("Contact").is_some_and(|c| c.contains(";transport=tcp")));
+    c.ack("").await;
+    let (data, _, _) = c.recv_rtp(SEC).await.unwrap();
+    let p = RtpPacket::parse(&data).unwrap();
+    assert_eq!(p.header.payload_type, 8);
+    assert_eq!(p.payload, prompts.greeting.frame(G711::Alaw, 0));
+    // We never send RTP: after 1 s the daemon hangs up on the same TCP connection.
+    let bye = c
+        .recv_until(3 * SEC, |m| m.method() == Some("BYE"))
+        .await
+        .expect("BYE on RTP timeout");
+    assert!(bye.header("Reason").is_some_and(|r| r.contains("rtp_timeout")), "{}", bye.text);
+    assert!(bye.header("To").is_some_and(|t| t.contains(&c.from_tag)));
+    c.ok_to(&bye).await;
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn delayed_offer_gets_our_offer_and_uses_the_answer_from_the_ack() {
+    let (daemon, _) = start_daemon(|_| {}).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite("").await;
+    let (_, ok) = c.final_response(SEC).await;
+    assert_eq!(ok.status(), Some(200));
+    assert!(ok.body().contains("RTP/AVP 0 8 101"), "our offer: {}", ok.body());
+    assert!(c.recv_rtp(Duration::from_millis(150)).await.is_none(), "no media before the answer");
+    c.ack(&offer(c.rtp_port(), "8 101", "sendrecv")).await;
+    let (data, _, _) = c.recv_rtp(SEC).await.expect("media after the ACK's answer");
+    assert_eq!(RtpPacket::parse(&data).unwrap().header.payload_type, 8);
+    assert_eq!(c.bye().await.status(), Some(200));
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn rejections_no_common_codec_no_audio_and_capacity() {
+    let (daemon, _) = start_daemon(|s| s.limits.max_calls = 1).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "9 18", "sendrecv")).await;
+    let (_, r) = c.final_response(SEC).await;
+    assert_eq!(r.status(), Some(488));
+    assert!(r.text.starts_with("SIP/2.0 488 Not Acceptable Here: no common codec"), "{}", r.text);
+    c.ack("").await;
+
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite("v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 5000 RTP/AVP 31\r\n").await;
+    let (_, r) = c.final_response(SEC).await;
+    assert_eq!(r.status(), Some(400));
+    assert!(r.text.contains("no audio"), "{}", r.text);
+
+    let mut first = Caller::udp(daemon.sip_addr).await;
+    first.invite(&offer(first.rtp_port(), "0", "sendrecv")).await;
+    assert_eq!(first.final_response(SEC).await.1.status(), Some(200));
+    first.ack("").await;
+    let mut second = Caller::udp(daemon.sip_addr).await;
+    second.invite(&offer(second.rtp_port(), "0", "sendrecv")).await;
+    let (_, busy) = second.final_response(SEC).await;
+    assert_eq!(busy.status(), Some(503));
+    assert_eq!(busy.header("Retry-After"), Some("30"));
+    assert_eq!(first.bye().await.status(), Some(200));
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn symmetric_rtp_follows_where_the_callers_media_comes_from() {
+    let (daemon, _) = start_daemon(|_| {}).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    // The SDP names a port nobody reads (a NAT's private view)…
+    let dead = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.invite(&offer(dead.local_addr().unwrap().port(), "0", "sendrecv")).await;
+    let (_, ok) = c.final_response(SEC).await;
+    c.ack("").await;
+    // …but the caller's RTP really comes from `c.rtp`.
+    let target = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), ok.sdp_port().unwrap());
+    for seq in 1..=3u8 {
+        let mut pkt = vec![0x80, 0, 0, seq, 0, 0, seq, 0, 0, 0, 0, 42];
+        pkt.extend_from_slice(&[0xFF; 160]);
+        c.rtp.send_to(&pkt, target).await.unwrap();
+    }
+    let (data, _, _) = c.recv_rtp(SEC).await.expect("RTP latched to the real source");
+    assert!(RtpPacket::parse(&data).is_ok());
+    assert_eq!(c.bye().await.status(), Some(200));
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn hold_and_resume_with_reinvite() {
+    let (daemon, _) = start_daemon(|_| {}).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
+    let (_, ok) = c.final_response(SEC).await;
+    c.ack("").await;
+    let first = RtpPacket::parse(&c.recv_rtp(SEC).await.unwrap().0).unwrap().header;
+    // Hold: we may not send any more.
+    c.cseq += 1;
+    let hold = c.in_dialog("INVITE", c.cseq, "z9hG4bK-hold", &offer(c.rtp_port(), "0", "sendonly"), "");
+    c.send(&hold).await;
+    let r = c.recv_until(SEC, |m| m.status() == Some(200)).await.unwrap();
+    assert!(r.body().contains("a=recvonly"), "{}", r.body());
+    assert_eq!(r.sdp_port(), ok.sdp_port(), "same media port");
+    assert!(r.body().contains("o=precall ") && r.body() != ok.body(), "new SDP version");
+    c.ack("").await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    while c.recv_rtp(Duration::from_millis(1)).await.is_some() {}
+    assert!(c.recv_rtp(Duration::from_millis(300)).await.is_none(), "silent while held");
+    // Resume: media continues on the same timeline (same SSRC, timestamps moved on).
+    c.cseq += 1;
+    let resume = c.in_dialog("INVITE", c.cseq, "z9hG4bK-resume", &offer(c.rtp_port(), "0", "sendrecv"), "");
+    c.send(&resume).await;
+    let r = c.recv_until(SEC, |m| m.status() == Some(200)).await.unwrap();
+    assert!(r.body().contains("a=sendrecv"));
+    c.ack("").await;
+    let again = RtpPacket::parse(&c.recv_rtp(SEC).await.unwrap().0).unwrap().header;
+    assert_eq!(again.ssrc, first.ssrc);
+    assert!(again.marker, "a new talkspurt after the hold");
+    assert!(
+        again.timestamp.wrapping_sub(first.timestamp) >= 160 * 15,
+        "the clock ran during the hold"
+    );
+    assert_eq!(c.bye().await.status(), Some(200));
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn cancel_while_ringing_gets_200_and_487() {
+    let (daemon, _) = start_daemon(|s| s.sip.answer_delay_ms = 2000).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
+    let ringing = c
+        .recv_until(SEC, |m| m.status() == Some(180))
+        .await
+        .expect("180 when answer_delay_ms is set");
+    let cancel = c
+        .last_invite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace(&format!("{} INVITE", c.cseq), &format!("{} CANCEL", c.cseq));
+    let cancel = cancel.split("Content-Type").next().unwrap().to_owned() + "Content-Length: 0\r\n\r\n";
+    c.send(&cancel).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = c.recv(SEC).await.expect("200 and 487");
+        got.push((m.status(), m.header("CSeq").map(str::to_owned), m.to_tag()));
+    }
+    got.sort();
+    assert_eq!(got[0].0, Some(200));
+    assert!(got[0].1.as_deref().is_some_and(|c| c.ends_with("CANCEL")));
+    assert_eq!(got[1].0, Some(487));
+    assert_eq!(got[1].2, ringing.to_tag(), "487 carries the 180's To tag");
+    c.to_tag = got[1].2.clone();
+    let ack = c.in_dialog("ACK", c.cseq, &c.invite_branch.clone(), "", "");
+    c.send(&ack).await;
+    assert!(c.recv_rtp(Duration::from_millis(200)).await.is_none());
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn garbage_sip_and_rtp_never_take_the_daemon_down() {
+    let (daemon, _) = start_daemon(|_| {}).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
+    let (_, ok) = c.final_response(SEC).await;
+    c.ack("").await;
+    let rtp_target = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), ok.sdp_port().unwrap());
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let invite = c.invite_text(&offer(c.rtp_port(), "0", "sendrecv"), "").into_bytes();
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    for i in 0..3000usize {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let datagram: Vec<u8> = match i % 3 {
+            0 => invite[..(x as usize) % invite.len()].to_vec(),
+            1 => (0..(x % 1400)).map(|k| (x.rotate_left(k as u32 % 64) & 0xFF) as u8).collect(),
+            _ => {
+                let mut m = invite.clone();
+                let at = (x as usize) % m.len();
+                m[at] = (x >> 16) as u8;
+                m
+            }
+        };
+        junk.send_to(&datagram, daemon.sip_addr).await.unwrap();
+        let rtp_junk: Vec<u8> = (0..(x % 200)).map(|k| (x >> (k % 56)) as u8).collect();
+        junk.send_to(&rtp_junk, rtp_target).await.unwrap();
+        if i % 200 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Still alive: the call still gets media and the daemon still answers.
+    assert!(c.recv_rtp(SEC).await.is_some());
+    let mut probe = Caller::udp(daemon.sip_addr).await;
+    probe
+        .send(&format!(
+            "OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-probe\r\nFrom: <sip:lb@{l}>;tag=1\r\nTo: <sip:{d}>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            d = daemon.sip_addr,
+            l = probe.local
+        ))
+        .await;
+    let r = probe.recv_until(SEC, |m| m.status().is_some()).await.expect("OPTIONS answered");
+    assert_eq!(r.status(), Some(200));
+    assert!(r.header("Allow").is_some_and(|a| a.contains("INVITE")));
+    assert_eq!(c.bye().await.status(), Some(200));
+    wait_idle(&daemon).await;
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_calls_and_hangs_up_after_the_drain() {
+    let (daemon, _) = start_daemon(|s| s.limits.drain_seconds = 1).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
+    c.final_response(SEC).await;
+    c.ack("").await;
+    daemon.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut late = Caller::udp(daemon.sip_addr).await;
+    late.invite(&offer(late.rtp_port(), "0", "sendrecv")).await;
+    let (_, r) = late.final_response(SEC).await;
+    assert_eq!(r.status(), Some(503));
+    assert!(r.header("Retry-After").is_some());
+    let bye = c
+        .recv_until(3 * SEC, |m| m.method() == Some("BYE"))
+        .await
+        .expect("BYE after the drain");
+    assert!(bye.header("Reason").is_some_and(|r| r.contains("shutdown")));
+    c.ok_to(&bye).await;
+    tokio::time::timeout(5 * SEC, daemon.wait())
+        .await
+        .expect("daemon exits after the drain");
+}
+
+async fn wait_idle(daemon: &precall::server::ServerHandle) {
+    for _ in 0..100 {
+        if daemon.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("calls did not end");
+}
