@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The SIPp suite: real SIPp calls against a release build of precall on loopback.
+#   1. one PCMU call over UDP, SIPp streaming audio, 4 s, SIPp hangs up
+#   2. the same over TCP
+#   3. CANCEL before answer (against a daemon that rings for 3 s)
+#   4. 50 calls at 10 calls/s, zero failures allowed
+#   5. OPTIONS probes
+# Then it checks precall's own log: every call ended by the caller's BYE, and
+# precall received SIPp's audio on each. Fails loudly; never skips.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+command -v sipp >/dev/null || { echo "run.sh: sipp not found (apt-get install sip-tester)" >&2; exit 1; }
+BIN=${PRECALL_BIN:-../target/release/precall}
+if [ ! -x "$BIN" ]; then (cd .. && cargo build --release --locked); fi
+
+LOGS=logs
+mkdir -p "$LOGS"
+rm -f "$LOGS"/* ./*_[0-9]*_*.log ./*_[0-9]*_*.csv
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  mv ./*_[0-9]*_*.log ./*_[0-9]*_*.csv "$LOGS"/ 2>/dev/null || true
+}
+trap cleanup EXIT
+
+start_daemon() { # name listen extra-env...
+  local name=$1 listen=$2; shift 2
+  env PRECALL_SIP__LISTEN="$listen" PRECALL_LOG__LEVEL=info NO_COLOR=1 "$@" "$BIN" serve >"$LOGS/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do
+    grep -q "listening for SIP" "$LOGS/$name.log" && return 0
+    sleep 0.1
+  done
+  echo "run.sh: $name did not start:" >&2; cat "$LOGS/$name.log" >&2; exit 1
+}
+
+start_daemon main 127.0.0.1:5070 PRECALL_RTP__PORT_MIN=30000 PRECALL_RTP__PORT_MAX=30998
+start_daemon ringing 127.0.0.1:5072 PRECALL_RTP__PORT_MIN=31000 PRECALL_RTP__PORT_MAX=31998 PRECALL_SIP__ANSWER_DELAY_MS=3000
+
+FAILED=0
+scenario() { # label args...
+  local label=$1; shift
+  echo "== $label"
+  if timeout 120 sipp "$@" -i 127.0.0.1 -mi 127.0.0.1 -nostdin -trace_err -trace_stat -trace_rtt -rtt_freq 1 >"$LOGS/$label.out" 2>&1; then
+    grep -E "Successful call|Failed call" "$LOGS/$label.out" | sed 's/^/   /'
+  else
+    echo "   FAILED (sipp exit $?); see $LOGS/$label.out"; tail -30 "$LOGS/$label.out"; FAILED=1
+  fi
+}
+
+scenario call-udp -sf uac_call_pcmu.xml -m 1 -p 16100 127.0.0.1:5070
+scenario call-tcp -sf uac_call_pcmu.xml -t t1 -m 1 -p 16102 127.0.0.1:5070
+scenario cancel -sf uac_cancel.xml -m 1 -p 16104 127.0.0.1:5072
+scenario load-50-at-10cps -sf uac_call_pcmu.xml -r 10 -m 50 -l 100 -p 16106 127.0.0.1:5070
+scenario options -sf options_ping.xml -r 20 -m 20 -p 16108 127.0.0.1:5070
+
+# precall's view: 52 calls ended by the caller, each with SIPp's audio received.
+ENDED=$(grep -c 'call ended.*reason=caller_bye' "$LOGS/main.log" || true)
+LOW=$(grep 'call ended' "$LOGS/main.log" | sed -E 's/.*rtp_in_packets=([0-9]+).*/\1/' | awk '$1 < 150' | wc -l)
+echo "== precall log: $ENDED calls ended by caller BYE; $LOW with fewer than 150 RTP packets from SIPp"
+[ "$ENDED" -eq 52 ] || { echo "   expected 52"; FAILED=1; }
+[ "$LOW" -eq 0 ] || { echo "   every call should carry ~200 packets of SIPp audio"; FAILED=1; }
+if grep -q "call ended.*reason=cancelled" "$LOGS/ringing.log"; then echo "   cancelled call recorded as cancelled"; else echo "   cancelled call not recorded"; FAILED=1; fi
+if grep -qiE "panicked|ERROR" "$LOGS"/*.log; then echo "   errors in precall logs"; grep -iE "panicked|ERROR" "$LOGS"/*.log | head; FAILED=1; fi
+
+if [ "$FAILED" -ne 0 ]; then echo "SIPp suite FAILED"; exit 1; fi
+echo "SIPp suite passed"
