@@ -16,13 +16,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::call::{Call, CallAction, CallInput, CallLimits, EndReason};
+use crate::call::task::{self, CallContext, CallEvent, SipCommand};
+use crate::call::{CallInput, CallLimits};
 use crate::config::Settings;
 use crate::media::prompt::{Player, Prompt, PromptError};
-use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, SipEvent};
 use crate::sip::message::{Rejection, Request};
-use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
+use crate::sip::sdp::{self, LocalMedia, SessionDescription};
 use crate::sip::transport::{self, Inbound};
 use crate::sip::{Flow, Transport};
 
@@ -83,23 +83,6 @@ impl ServerHandle {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
-}
-
-/// Commands from call tasks to the SIP task.
-#[derive(Debug)]
-enum SipCommand {
-    Accept { call: CallKey, sdp: Vec<u8> },
-    Hangup { call: CallKey, reason: EndReason },
-    AnswerReoffer { call: CallKey, answer: Result<Vec<u8>, Rejection> },
-    Finished { call: CallKey },
-}
-
-/// Events from the SIP task to one call task.
-#[derive(Debug)]
-enum CallEvent {
-    Input(CallInput),
-    AckBody(Bytes),
-    Reoffer(Bytes),
 }
 
 /// Binds the SIP sockets and starts the daemon.
@@ -384,7 +367,7 @@ impl SipTask {
         self.calls.insert(call, CallEntry { events: events_tx });
         self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
         self.stats.calls_total.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(run_call(ctx, now));
+        tokio::spawn(task::run(ctx, now));
     }
 
     /// Our address as the peer sees it: the listen address, or (listening on
@@ -482,220 +465,4 @@ impl PortPool {
         }
         None
     }
-}
-
-struct CallContext {
-    key: CallKey,
-    sip_call_id: String,
-    caller: String,
-    callee: String,
-    peer: SocketAddr,
-    socket: UdpSocket,
-    local: LocalMedia,
-    negotiated: Option<Negotiated>,
-    player: Player,
-    limits: CallLimits,
-    events: mpsc::Receiver<CallEvent>,
-    commands: mpsc::Sender<SipCommand>,
-    answer_delay: Duration,
-    answer_sdp: Vec<u8>,
-}
-
-/// One call: its state machine, its RTP socket, its media clock.
-async fn run_call(mut ctx: CallContext, created: Instant) {
-    let mut call = Call::new(created, ctx.limits);
-    let mut receiver = RtpReceiver::new(8000, created);
-    let mut sender: Option<RtpSender> = None;
-    let mut dest = ctx.negotiated.map(|n| n.remote);
-    let mut latch = SourceLatch::default();
-    let mut ignored_packets = 0u64;
-    let mut recv_buf = [0u8; 2048];
-    let mut send_buf = [0u8; MAX_PACKET];
-    let mut skipped_total = 0u64;
-    let mut media_started_at: Option<Instant> = None;
-    tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
-
-    let mut answer_at = None;
-    if ctx.answer_delay.is_zero() {
-        if ctx.negotiated.is_some() {
-            call.handle(created, CallInput::Answered);
-        }
-    } else {
-        answer_at = Some(created + ctx.answer_delay);
-    }
-
-    let far = Duration::from_secs(86_400);
-    let sleep = tokio::time::sleep(far);
-    tokio::pin!(sleep);
-    let reason = loop {
-        let mut ended = None;
-        while let Some(action) = call.poll_action() {
-            match action {
-                CallAction::StartMedia => {
-                    let now = Instant::now();
-                    let mut rng = rand::rng();
-                    let pt = ctx.negotiated.map_or(0, |n| n.payload_type);
-                    sender = Some(RtpSender::new(rng.random(), pt, rng.random(), rng.random(), now));
-                    media_started_at = Some(now);
-                }
-                CallAction::StopMedia => sender = None,
-                CallAction::Hangup(reason) => {
-                    let _ = ctx.commands.send(SipCommand::Hangup { call: ctx.key, reason }).await;
-                }
-                CallAction::Ended(reason) => ended = Some(reason),
-            }
-        }
-        if let Some(reason) = ended {
-            break reason;
-        }
-        let mut wake = call.poll_timeout().unwrap_or(Instant::now() + far);
-        if let Some(at) = answer_at {
-            wake = wake.min(at);
-        }
-        if let Some(s) = &sender {
-            wake = wake.min(s.next_deadline());
-        }
-        sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
-        tokio::select! {
-            biased;
-            _ = &mut sleep => {
-                let now = Instant::now();
-                if answer_at.is_some_and(|at| now >= at) {
-                    answer_at = None;
-                    let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp: std::mem::take(&mut ctx.answer_sdp) }).await;
-                    if ctx.negotiated.is_some() {
-                        call.handle(now, CallInput::Answered);
-                    }
-                }
-                if let (Some(s), Some(n)) = (sender.as_mut(), ctx.negotiated) {
-                    let (due, skipped) = s.due(now);
-                    skipped_total += skipped;
-                    for _ in 0..skipped {
-                        ctx.player.skip();
-                    }
-                    for _ in 0..due {
-                        if call.sending() && n.direction.sends() {
-                            let payload = ctx.player.next_frame(n.codec);
-                            let len = s.write_next(payload, &mut send_buf);
-                            if let Some(to) = dest {
-                                let _ = ctx.socket.send_to(&send_buf[..len], to).await;
-                            }
-                        } else {
-                            ctx.player.skip();
-                            s.skip_one();
-                        }
-                    }
-                }
-                call.handle_timeout(now);
-            }
-            r = ctx.socket.recv_from(&mut recv_buf) => {
-                if let Ok((n, from)) = r {
-                    let now = Instant::now();
-                    let Ok(header) = crate::media::rtp::RtpPacket::parse(&recv_buf[..n]).map(|p| p.header) else {
-                        receiver.count_malformed();
-                        continue;
-                    };
-                    let payload_ok = ctx.negotiated.is_some_and(|neg| header.payload_type == neg.payload_type || Some(header.payload_type) == neg.telephone_event);
-                    match latch.on_packet(now, from, &header, payload_ok) {
-                        Latch::Accept { send_to } => {
-                            // Symmetric RTP (comedia): answer where the caller's media comes from.
-                            if dest != Some(send_to) {
-                                tracing::debug!(call = %ctx.key, sdp = ?dest, actual = %send_to, "latching RTP to the caller's source address");
-                                dest = Some(send_to);
-                            }
-                            let _ = receiver.on_datagram(now, &recv_buf[..n]);
-                            call.on_rtp(now);
-                        }
-                        Latch::Ignore => ignored_packets += 1,
-                    }
-                }
-            }
-            ev = ctx.events.recv() => {
-                let now = Instant::now();
-                match ev {
-                    None => call.handle(now, CallInput::Shutdown),
-                    Some(CallEvent::Input(input)) => call.handle(now, input),
-                    Some(CallEvent::AckBody(body)) => {
-                        match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
-                            Ok(n) => {
-                                ctx.negotiated = Some(n);
-                                dest = Some(n.remote);
-                                call.handle(now, CallInput::Confirmed);
-                                set_direction(&mut call, now, n.direction);
-                            }
-                            Err(e) => {
-                                tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer");
-                                call.handle(now, CallInput::Confirmed);
-                                call.handle(now, CallInput::Shutdown);
-                            }
-                        }
-                    }
-                    Some(CallEvent::Reoffer(body)) => {
-                        let answer = reoffer(&mut ctx, &body);
-                        if let Ok((n, _)) = &answer {
-                            if latch.latched().is_none() || dest.map(|d| d.ip()) != Some(n.remote.ip()) {
-                                dest = Some(n.remote);
-                                latch.reset();
-                            }
-                            if let Some(s) = sender.as_mut() {
-                                s.set_payload_type(n.payload_type);
-                            }
-                            set_direction(&mut call, now, n.direction);
-                        }
-                        let answer = answer.map(|(_, body)| body.into_bytes());
-                        let _ = ctx.commands.send(SipCommand::AnswerReoffer { call: ctx.key, answer }).await;
-                    }
-                }
-            }
-        }
-    };
-
-    let stats = receiver.stats();
-    let sent = sender.as_ref().map_or(0, |s| s.packets_sent());
-    let _ = sent;
-    let duration = created.elapsed();
-    tracing::info!(
-        call = %ctx.key,
-        call_id = %ctx.sip_call_id,
-        caller = %ctx.caller,
-        reason = %reason,
-        duration_ms = duration.as_millis() as u64,
-        answered_ms = media_started_at.map(|t| t.duration_since(created).as_millis() as u64),
-        confirmed_ms = call.confirmed_at().map(|t| t.duration_since(created).as_millis() as u64),
-        rtp_in_packets = stats.packets,
-        rtp_in_lost = stats.lost,
-        rtp_in_malformed = stats.malformed,
-        rtp_in_ssrc_changes = stats.ssrc_changes,
-        rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
-        rtp_out_skipped = skipped_total,
-        rtp_in_ignored = ignored_packets,
-        "call ended"
-    );
-    let _ = ctx.commands.send(SipCommand::Finished { call: ctx.key }).await;
-}
-
-fn set_direction(call: &mut Call, now: Instant, ours: Direction) {
-    let caller_sends = matches!(ours, Direction::SendRecv | Direction::RecvOnly);
-    call.handle(
-        now,
-        CallInput::Direction {
-            we_send: ours.sends(),
-            caller_sends,
-        },
-    );
-}
-
-fn reoffer(ctx: &mut CallContext, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
-    ctx.local.version += 1;
-    if body.is_empty() {
-        // An offerless re-INVITE: offer what we have (the answer comes in the ACK).
-        let n = ctx
-            .negotiated
-            .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
-        return Ok((n, sdp::offer(&ctx.local)));
-    }
-    let sd = SessionDescription::parse(body).map_err(|e| Rejection::new(e.status(), format!("Bad SDP: {e}")))?;
-    let (n, answer) = sdp::answer(&sd, &ctx.local).map_err(|e| Rejection::new(e.status(), format!("Not Acceptable Here: {e}")))?;
-    ctx.negotiated = Some(n);
-    Ok((n, answer))
 }

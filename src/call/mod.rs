@@ -6,6 +6,8 @@
 //! decides the end reason recorded for every call. Later stages (clone, agent
 //! bridge) add states between `Greeting` and `Ending`.
 
+pub mod task;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};

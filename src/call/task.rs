@@ -1,0 +1,300 @@
+//! The tokio task that runs one call: it owns the call's [`Call`] state machine,
+//! its RTP socket and its media clock, and talks to the SIP task through bounded
+//! channels. No state is shared with other calls.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::{Call, CallAction, CallInput, CallLimits, EndReason};
+use crate::media::prompt::Player;
+use crate::media::rtp::RtpPacket;
+use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
+use crate::sip::endpoint::CallKey;
+use crate::sip::message::Rejection;
+use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
+
+/// Commands from a call task to the SIP task.
+#[derive(Debug)]
+pub enum SipCommand {
+    Accept { call: CallKey, sdp: Vec<u8> },
+    Hangup { call: CallKey, reason: EndReason },
+    AnswerReoffer { call: CallKey, answer: Result<Vec<u8>, Rejection> },
+    Finished { call: CallKey },
+}
+
+/// Events from the SIP task to one call task.
+#[derive(Debug)]
+pub enum CallEvent {
+    Input(CallInput),
+    /// The ACK of a delayed-offer call, carrying the SDP answer.
+    AckBody(Bytes),
+    /// A re-INVITE/UPDATE offer to answer.
+    Reoffer(Bytes),
+}
+
+/// Everything a call task needs, prepared by the SIP task when it admits a call.
+pub struct CallContext {
+    pub key: CallKey,
+    pub sip_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub peer: SocketAddr,
+    pub socket: UdpSocket,
+    pub local: LocalMedia,
+    pub negotiated: Option<Negotiated>,
+    pub player: Player,
+    pub limits: CallLimits,
+    pub events: mpsc::Receiver<CallEvent>,
+    pub commands: mpsc::Sender<SipCommand>,
+    /// Non-zero: ring this long, then answer with `answer_sdp`.
+    pub answer_delay: Duration,
+    pub answer_sdp: Vec<u8>,
+}
+
+/// The outbound media of a call: the paced sender and where it sends.
+struct MediaOut {
+    sender: Option<RtpSender>,
+    dest: Option<SocketAddr>,
+    latch: SourceLatch,
+    buf: [u8; MAX_PACKET],
+    skipped: u64,
+    ignored: u64,
+    started: Option<Instant>,
+    stopped: bool,
+}
+
+/// Runs one call to its end, then reports it finished.
+pub async fn run(mut ctx: CallContext, created: Instant) {
+    let mut call = Call::new(created, ctx.limits);
+    let mut receiver = RtpReceiver::new(8000, created);
+    let mut media = MediaOut {
+        sender: None,
+        dest: ctx.negotiated.map(|n| n.remote),
+        latch: SourceLatch::default(),
+        buf: [0u8; MAX_PACKET],
+        skipped: 0,
+        ignored: 0,
+        started: None,
+        stopped: false,
+    };
+    let mut recv_buf = [0u8; 2048];
+    tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
+
+    let mut answer_at = None;
+    if ctx.answer_delay.is_zero() {
+        if ctx.negotiated.is_some() {
+            call.handle(created, CallInput::Answered);
+        }
+    } else {
+        answer_at = Some(created + ctx.answer_delay);
+    }
+
+    let far = Duration::from_secs(86_400);
+    let sleep = tokio::time::sleep(far);
+    tokio::pin!(sleep);
+    let reason = loop {
+        if let Some(reason) = carry_out(&mut ctx, &mut call, &mut media).await {
+            break reason;
+        }
+        let now = Instant::now();
+        let mut wake = call.poll_timeout().unwrap_or(now + far);
+        if let Some(at) = answer_at {
+            wake = wake.min(at);
+        }
+        if let Some(s) = media.sender.as_ref().filter(|_| !media.stopped) {
+            wake = wake.min(s.next_deadline());
+        }
+        // Already due (the first frame, right after the answer): no trip through
+        // the timer wheel, whose millisecond granularity would delay it.
+        if wake <= now {
+            tick(&mut ctx, &mut call, &mut media, &mut answer_at, now).await;
+            continue;
+        }
+        sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
+        tokio::select! {
+            biased;
+            _ = &mut sleep => tick(&mut ctx, &mut call, &mut media, &mut answer_at, Instant::now()).await,
+            r = ctx.socket.recv_from(&mut recv_buf) => {
+                if let Ok((n, from)) = r {
+                    inbound_rtp(&ctx, &mut call, &mut media, &mut receiver, &recv_buf[..n], from, Instant::now());
+                }
+            }
+            ev = ctx.events.recv() => event(&mut ctx, &mut call, &mut media, ev, Instant::now()).await,
+        }
+    };
+
+    let stats = receiver.stats();
+    tracing::info!(
+        call = %ctx.key,
+        call_id = %ctx.sip_call_id,
+        caller = %ctx.caller,
+        reason = %reason,
+        duration_ms = created.elapsed().as_millis() as u64,
+        media_started_ms = media.started.map(|t| t.duration_since(created).as_millis() as u64),
+        confirmed_ms = call.confirmed_at().map(|t| t.duration_since(created).as_millis() as u64),
+        rtp_out_packets = media.sender.as_ref().map_or(0, RtpSender::packets_sent),
+        rtp_out_skipped = media.skipped,
+        rtp_in_packets = stats.packets,
+        rtp_in_lost = stats.lost,
+        rtp_in_malformed = stats.malformed,
+        rtp_in_ignored = media.ignored,
+        rtp_in_ssrc_changes = stats.ssrc_changes,
+        rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
+        "call ended"
+    );
+    let _ = ctx.commands.send(SipCommand::Finished { call: ctx.key }).await;
+}
+
+/// Carries out the state machine's actions; `Some` when the call has ended.
+async fn carry_out(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut) -> Option<EndReason> {
+    let mut ended = None;
+    while let Some(action) = call.poll_action() {
+        match action {
+            CallAction::StartMedia => {
+                let now = Instant::now();
+                let mut rng = rand::rng();
+                let pt = ctx.negotiated.map_or(0, |n| n.payload_type);
+                media.sender = Some(RtpSender::new(rng.random(), pt, rng.random(), rng.random(), now));
+                media.started = Some(now);
+            }
+            // Keep the sender for its counters; the clock stops.
+            CallAction::StopMedia => media.stopped = true,
+            CallAction::Hangup(reason) => {
+                let _ = ctx.commands.send(SipCommand::Hangup { call: ctx.key, reason }).await;
+            }
+            CallAction::Ended(reason) => ended = Some(reason),
+        }
+    }
+    ended
+}
+
+/// The media clock ticked (or a call timer is due): send every frame that is due.
+async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answer_at: &mut Option<Instant>, now: Instant) {
+    if answer_at.is_some_and(|at| now >= at) {
+        *answer_at = None;
+        let sdp = std::mem::take(&mut ctx.answer_sdp);
+        let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp }).await;
+        if ctx.negotiated.is_some() {
+            call.handle(now, CallInput::Answered);
+        }
+    }
+    if let (Some(s), Some(n), false) = (media.sender.as_mut(), ctx.negotiated, media.stopped) {
+        let (due, skipped) = s.due(now);
+        media.skipped += skipped;
+        for _ in 0..skipped {
+            ctx.player.skip();
+        }
+        let sending = call.sending() && n.direction.sends();
+        for _ in 0..due {
+            if sending {
+                let payload = ctx.player.next_frame(n.codec);
+                let len = s.write_next(payload, &mut media.buf);
+                if let Some(to) = media.dest {
+                    let _ = ctx.socket.send_to(&media.buf[..len], to).await;
+                }
+            } else {
+                // On hold the clock still runs, so the timeline resumes in step.
+                ctx.player.skip();
+                s.skip_one();
+            }
+        }
+    }
+    call.handle_timeout(now);
+}
+
+fn inbound_rtp(
+    ctx: &CallContext,
+    call: &mut Call,
+    media: &mut MediaOut,
+    receiver: &mut RtpReceiver,
+    data: &[u8],
+    from: SocketAddr,
+    now: Instant,
+) {
+    let Ok(header) = RtpPacket::parse(data).map(|p| p.header) else {
+        receiver.count_malformed();
+        return;
+    };
+    let payload_ok = ctx
+        .negotiated
+        .is_some_and(|n| header.payload_type == n.payload_type || Some(header.payload_type) == n.telephone_event);
+    match media.latch.on_packet(now, from, &header, payload_ok) {
+        Latch::Accept { send_to } => {
+            // Symmetric RTP (comedia): answer where the caller's media comes from.
+            if media.dest != Some(send_to) {
+                tracing::debug!(call = %ctx.key, sdp = ?media.dest, actual = %send_to, "latching RTP to the caller's source address");
+                media.dest = Some(send_to);
+            }
+            let _ = receiver.on_datagram(now, data);
+            call.on_rtp(now);
+        }
+        Latch::Ignore => media.ignored += 1,
+    }
+}
+
+async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev: Option<CallEvent>, now: Instant) {
+    match ev {
+        // The SIP task is gone: the daemon is stopping.
+        None => call.handle(now, CallInput::Shutdown),
+        Some(CallEvent::Input(input)) => call.handle(now, input),
+        Some(CallEvent::AckBody(body)) => match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
+            Ok(n) => {
+                ctx.negotiated = Some(n);
+                media.dest = Some(n.remote);
+                call.handle(now, CallInput::Confirmed);
+                set_direction(call, now, n.direction);
+            }
+            Err(e) => {
+                tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer; ending the call");
+                call.handle(now, CallInput::Confirmed);
+                call.handle(now, CallInput::Shutdown);
+            }
+        },
+        Some(CallEvent::Reoffer(body)) => {
+            let answer = reoffer(ctx, &body);
+            if let Ok((n, _)) = &answer {
+                if media.latch.latched().is_none() || media.dest.map(|d| d.ip()) != Some(n.remote.ip()) {
+                    media.dest = Some(n.remote);
+                    media.latch.reset();
+                }
+                if let Some(s) = media.sender.as_mut() {
+                    s.set_payload_type(n.payload_type);
+                }
+                set_direction(call, now, n.direction);
+            }
+            let answer = answer.map(|(_, body)| body.into_bytes());
+            let _ = ctx.commands.send(SipCommand::AnswerReoffer { call: ctx.key, answer }).await;
+        }
+    }
+}
+
+fn set_direction(call: &mut Call, now: Instant, ours: Direction) {
+    let caller_sends = matches!(ours, Direction::SendRecv | Direction::RecvOnly);
+    call.handle(
+        now,
+        CallInput::Direction {
+            we_send: ours.sends(),
+            caller_sends,
+        },
+    );
+}
+
+fn reoffer(ctx: &mut CallContext, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
+    ctx.local.version += 1;
+    if body.is_empty() {
+        // An offerless re-INVITE: offer what we have (the answer comes in the ACK).
+        let n = ctx
+            .negotiated
+            .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
+        return Ok((n, sdp::offer(&ctx.local)));
+    }
+    let sd = SessionDescription::parse(body).map_err(|e| Rejection::new(e.status(), format!("Bad SDP: {e}")))?;
+    let (n, answer) = sdp::answer(&sd, &ctx.local).map_err(|e| Rejection::new(e.status(), format!("Not Acceptable Here: {e}")))?;
+    ctx.negotiated = Some(n);
+    Ok((n, answer))
+}
