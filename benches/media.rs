@@ -1,1 +1,130 @@
-fn main() {}
+//! Hot-path costs: G.711, building and parsing RTP, the receiver's statistics, and
+//! the SIP endpoint's work for one call (INVITE → 100/200 → ACK → BYE → 200).
+//! Run: `cargo bench --bench media`. Figures go to docs/PERFORMANCE.md.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use precall::media::g711::G711;
+use precall::media::prompt::Prompt;
+use precall::media::rtp::RtpPacket;
+use precall::media::session::{MAX_PACKET, RtpReceiver, RtpSender};
+use precall::sip::endpoint::{Endpoint, EndpointConfig, Output, SipEvent};
+use precall::sip::message;
+use precall::sip::sdp::{self, LocalMedia, SessionDescription};
+use precall::sip::{Flow, Transport};
+
+const INVITE: &str = "INVITE sip:+15550001111@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-{n};rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:+15551234567@192.0.2.7:5062>;tag=a{n}\r\n\
+To: <sip:+15550001111@192.0.2.1:5060>\r\n\
+Call-ID: {n}@192.0.2.7\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@192.0.2.7:5062>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 129\r\n\r\n\
+v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn codecs(c: &mut Criterion) {
+    let pcm: Vec<i16> = (0..160).map(|i| ((i as f32 * 0.3).sin() * 12000.0) as i16).collect();
+    let mut out = [0u8; 160];
+    c.bench_function("g711 ulaw encode 20 ms", |b| {
+        b.iter(|| G711::Ulaw.encode(black_box(&pcm), &mut out))
+    });
+    let mut back = [0i16; 160];
+    c.bench_function("g711 ulaw decode 20 ms", |b| {
+        b.iter(|| G711::Ulaw.decode(black_box(&out), &mut back))
+    });
+}
+
+fn rtp(c: &mut Criterion) {
+    let prompt = Prompt::from_pcm_8k(vec![1000; 8000]);
+    let t0 = Instant::now();
+    let mut sender = RtpSender::new(1, 0, 0, 0, t0);
+    let mut buf = [0u8; MAX_PACKET];
+    let mut n = 0u64;
+    c.bench_function("rtp build one greeting packet", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(sender.write_next(prompt.frame(G711::Ulaw, n), &mut buf))
+        })
+    });
+    let mut receiver = RtpReceiver::new(8000, t0);
+    let mut seq = 0u16;
+    c.bench_function("rtp parse + receiver stats", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            buf[2..4].copy_from_slice(&seq.to_be_bytes());
+            black_box(
+                receiver
+                    .on_datagram(t0 + Duration::from_millis(u64::from(seq) * 20), &buf[..172])
+                    .is_ok(),
+            )
+        })
+    });
+    c.bench_function("rtp parse only", |b| {
+        b.iter(|| black_box(RtpPacket::parse(black_box(&buf[..172])).is_ok()))
+    });
+}
+
+fn sip(c: &mut Criterion) {
+    let invite = INVITE.replace("{n}", "1");
+    c.bench_function("sip parse + validate INVITE", |b| {
+        b.iter(|| black_box(message::Request::validate(message::parse(black_box(invite.as_bytes())).unwrap()).is_ok()))
+    });
+    let local = LocalMedia {
+        addr: "192.0.2.1".parse().unwrap(),
+        port: 10000,
+        session_id: 1,
+        version: 1,
+    };
+    let offer = INVITE.split("\r\n\r\n").nth(1).unwrap();
+    c.bench_function("sdp parse + answer", |b| {
+        b.iter(|| black_box(sdp::answer(&SessionDescription::parse(black_box(offer.as_bytes())).unwrap(), &local).is_ok()))
+    });
+    let flow = Flow {
+        transport: Transport::Udp,
+        remote: "192.0.2.7:5062".parse().unwrap(),
+        local: "192.0.2.1:5060".parse().unwrap(),
+    };
+    let mut ep = Endpoint::new(EndpointConfig {
+        user_agent: "bench".into(),
+        timers: Default::default(),
+        public_addr: None,
+    });
+    let mut n = 0u64;
+    c.bench_function("sip endpoint: INVITE, answer, ACK, BYE (one call)", |b| {
+        b.iter(|| {
+            n += 1;
+            let now = Instant::now();
+            ep.handle_datagram(now, flow, INVITE.replace("{n}", &n.to_string()).as_bytes());
+            let mut tag = String::new();
+            while let Some(o) = ep.poll_output() {
+                if let Output::Event(SipEvent::Invite { call, .. }) = o {
+                    ep.accept(now, call, b"v=0\r\n");
+                }
+            }
+            while let Some(o) = ep.poll_output() {
+                if let Output::Transmit(t) = o {
+                    let text = String::from_utf8(t.data).unwrap();
+                    tag = text.split(";tag=").nth(2).and_then(|r| r.split("\r\n").next()).unwrap_or("").to_owned();
+                }
+            }
+            for (method, cseq) in [("ACK", 1), ("BYE", 2)] {
+                let msg = format!(
+                    "{method} sip:precall@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-{method}{n}\r\nFrom: <sip:+15551234567@192.0.2.7:5062>;tag=a{n}\r\nTo: <sip:+15550001111@192.0.2.1:5060>;tag={tag}\r\nCall-ID: {n}@192.0.2.7\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+                );
+                ep.handle_datagram(now, flow, msg.as_bytes());
+                while ep.poll_output().is_some() {}
+            }
+            // Let Timer J expire so the benchmark measures steady state, not growth.
+            ep.handle_timeout(now + Duration::from_secs(40));
+            while ep.poll_output().is_some() {}
+        })
+    });
+}
+
+criterion_group!(benches, codecs, rtp, sip);
+criterion_main!(benches);
