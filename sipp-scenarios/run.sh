@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 command -v sipp >/dev/null || { echo "run.sh: sipp not found (apt-get install sip-tester)" >&2; exit 1; }
-BIN=${PRECALL_BIN:-../target/release/precall}
+BIN=${SIPP_SUITE_BINARY:-../target/release/precall}
 if [ ! -x "$BIN" ]; then (cd .. && cargo build --release --locked); fi
 
 LOGS=logs
