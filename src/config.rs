@@ -123,6 +123,66 @@ impl Default for LogSection {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite://…` or `postgres://…`; empty = `sqlite://<data.dir>/precall.db?mode=rwc`.
+    pub url: String,
+    /// Apply migrations on start.
+    pub auto_migrate: bool,
+    /// PostgreSQL pool size (SQLite always uses one connection).
+    pub max_connections: u32,
+    /// Records queued between calls and the writer.
+    pub writer_queue: usize,
+    /// Records held in memory while the database is unreachable; more spill to disk.
+    pub writer_memory_limit: usize,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        DatabaseSection {
+            url: String::new(),
+            auto_migrate: true,
+            max_connections: 8,
+            writer_queue: 10_000,
+            writer_memory_limit: 50_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Where the SQLite file, voice samples and the record spill file live.
+    pub dir: String,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { dir: "data".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// This daemon's name in a cluster (call records, crash recovery); empty = hostname.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloneSection {
+    /// How long a cloned voice is reused for the same caller and samples.
+    pub cache_ttl_hours: u64,
+}
+
+impl Default for CloneSection {
+    fn default() -> Self {
+        CloneSection { cache_ttl_hours: 24 }
+    }
+}
+
 /// The raw, deserialised settings (what `check-config` prints).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -132,6 +192,10 @@ pub struct RawSettings {
     pub greeting: GreetingSection,
     pub limits: LimitsSection,
     pub log: LogSection,
+    pub database: DatabaseSection,
+    pub data: DataSection,
+    pub node: NodeSection,
+    pub clone: CloneSection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +214,9 @@ pub struct Settings {
     pub greeting_file: Option<PathBuf>,
     pub hold_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub node_id: String,
 }
 
 impl Settings {
@@ -185,6 +252,9 @@ impl Settings {
         };
         if let Some(listen) = listen_alias {
             precall.entry("PRECALL_SIP__LISTEN".into()).or_insert(listen);
+        }
+        if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+            precall.entry("PRECALL_DATABASE__URL".into()).or_insert_with(|| url.clone());
         }
         if let Some(level) = env.get("LOG_LEVEL") {
             precall
@@ -283,6 +353,23 @@ impl Settings {
         };
         let greeting_file = file("greeting.file", &raw.greeting.file)?;
         let hold_file = file("greeting.hold_file", &raw.greeting.hold_file)?;
+        if raw.data.dir.is_empty() {
+            return Err(invalid("data.dir", "must name a directory"));
+        }
+        let data_dir = PathBuf::from(&raw.data.dir);
+        let database_url = if raw.database.url.is_empty() {
+            format!("sqlite://{}/precall.db?mode=rwc", raw.data.dir.trim_end_matches('/'))
+        } else {
+            raw.database.url.clone()
+        };
+        crate::store::Backend::from_url(&database_url).map_err(|e| invalid("database.url", e.to_string()))?;
+        if raw.database.writer_queue == 0 || raw.database.writer_memory_limit == 0 {
+            return Err(invalid("database.writer_queue/database.writer_memory_limit", "must be at least 1"));
+        }
+        if raw.clone.cache_ttl_hours == 0 {
+            return Err(invalid("clone.cache_ttl_hours", "must be at least 1"));
+        }
+        let node_id = if raw.node.id.is_empty() { hostname() } else { raw.node.id.clone() };
         Ok(Settings {
             sip_listen,
             public_addr,
@@ -290,6 +377,9 @@ impl Settings {
             greeting_file,
             hold_file,
             log_format,
+            data_dir,
+            database_url,
+            node_id,
             raw,
         })
     }
@@ -302,6 +392,12 @@ impl Settings {
             Err(e) => return format!("# cannot render settings: {e}\n"),
         };
         mask(&mut value);
+        if let Some(db) = value.get_mut("database").and_then(|d| d.as_table_mut()) {
+            db.insert("url".into(), toml::Value::String(crate::store::redact(&self.database_url)));
+        }
+        if let Some(node) = value.get_mut("node").and_then(|d| d.as_table_mut()) {
+            node.insert("id".into(), toml::Value::String(self.node_id.clone()));
+        }
         toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 }
@@ -316,6 +412,14 @@ fn mask(value: &mut toml::Value) {
             }
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "precall".to_owned())
 }
 
 fn join_host_port(host: &str, port: &str) -> String {
@@ -398,6 +502,32 @@ mod tests {
             let err = Settings::load_from(None, &env(vars)).unwrap_err().to_string();
             assert!(err.contains(needle), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn database_url_forms() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.database_url, "sqlite://data/precall.db?mode=rwc");
+        let s = Settings::load_from(None, &env(&[("PRECALL_DATA__DIR", "/var/lib/precall/")])).unwrap();
+        assert_eq!(s.database_url, "sqlite:///var/lib/precall/precall.db?mode=rwc");
+        let s = Settings::load_from(None, &env(&[("DATABASE_URL", "postgres://precall:pw@db/precall")])).unwrap();
+        assert_eq!(s.database_url, "postgres://precall:pw@db/precall");
+        let text = s.to_masked_toml();
+        assert!(
+            text.contains("postgres://precall:********@db/precall") && !text.contains(":pw@"),
+            "{text}"
+        );
+        let s = Settings::load_from(
+            None,
+            &env(&[("DATABASE_URL", "postgres://a@b/c"), ("PRECALL_DATABASE__URL", "sqlite::memory:")]),
+        )
+        .unwrap();
+        assert_eq!(s.database_url, "sqlite::memory:");
+        let e = Settings::load_from(None, &env(&[("DATABASE_URL", "mysql://x/y")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database.url"), "{e}");
+        assert!(!s.node_id.is_empty());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! `docs/ARCHITECTURE.md`.
 
 pub mod call;
+pub mod caller_id;
+pub mod callers;
 pub mod config;
 pub mod media;
 pub mod server;
 pub mod sip;
+pub mod store;

@@ -1,11 +1,14 @@
 //! The `precall` binary: CLI, logging and signals around the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use precall::config::{LogFormat, Settings};
 use precall::server::{self, Prompts};
+use precall::store::Store;
+use precall::store::writer::{self, WriterConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -28,6 +31,33 @@ enum Command {
     Serve,
     /// Print the effective settings (secrets masked) and exit non-zero if invalid.
     CheckConfig,
+    /// Apply database migrations (idempotent) and exit.
+    Migrate,
+    /// Manage which voice samples belong to which caller.
+    Callers {
+        #[command(subcommand)]
+        action: CallersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallersCommand {
+    /// Map a caller id to one or more voice samples (WAV or MP3), copied into the data directory.
+    Add {
+        caller_id: String,
+        #[arg(required = true)]
+        samples: Vec<PathBuf>,
+        /// Display name for the cloned voice.
+        #[arg(long)]
+        name: Option<String>,
+        /// ElevenLabs labels as a JSON object, e.g. '{"accent":"british"}'.
+        #[arg(long)]
+        labels: Option<String>,
+    },
+    /// List the mappings.
+    List,
+    /// Remove a caller's mapping.
+    Remove { caller_id: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,45 +69,133 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => match Prompts::load(&settings) {
-            Ok(p) => {
-                print!("{}", settings.to_masked_toml());
-                println!(
-                    "# greeting: {} frames ({:.1} s)",
-                    p.greeting.frames(),
-                    p.greeting.frames() as f64 * 0.02
-                );
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("precall: invalid value for greeting: {e}");
-                std::process::ExitCode::from(2)
-            }
-        },
-        Command::Serve => match serve(settings) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("precall: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => check_config(&settings),
+        Command::Serve => serve(settings),
+        Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&settings))),
+        Command::Callers { action } => runtime().and_then(|rt| rt.block_on(callers(&settings, action))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("precall: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn check_config(settings: &Settings) -> anyhow::Result<()> {
+    let prompts = Prompts::load(settings).context("invalid value for greeting")?;
+    print!("{}", settings.to_masked_toml());
+    println!(
+        "# greeting: {} frames ({:.1} s)",
+        prompts.greeting.frames(),
+        prompts.greeting.frames() as f64 * 0.02
+    );
+    println!("# database: {}", precall::store::redact(&settings.database_url));
+    Ok(())
+}
+
+fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating the data directory {}", settings.data_dir.display()))
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    prepare_data_dir(settings)?;
+    let url = &settings.database_url;
+    let store = Store::connect(url, settings.raw.database.max_connections)
+        .await
+        .with_context(|| format!("connecting to {}", precall::store::redact(url)))?;
+    Ok(store)
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    store.migrate().await.context("applying migrations")?;
+    println!("migrations applied to {}", precall::store::redact(&settings.database_url));
+    Ok(())
+}
+
+async fn callers(settings: &Settings, action: CallersCommand) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    if settings.raw.database.auto_migrate {
+        store.migrate().await.context("applying migrations")?;
+    }
+    match action {
+        CallersCommand::Add {
+            caller_id,
+            samples,
+            name,
+            labels,
+        } => {
+            let m = precall::callers::add(&store, &settings.data_dir, &caller_id, &samples, name, labels.as_deref()).await?;
+            println!(
+                "{}: {} sample(s), sample hash {}",
+                m.caller_id,
+                m.samples.len(),
+                &m.sample_hash[..16]
+            );
+        }
+        CallersCommand::List => {
+            for m in store.mappings().await? {
+                let files: Vec<&str> = m.samples.iter().map(|s| s.path.as_str()).collect();
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    m.caller_id,
+                    m.display_name.as_deref().unwrap_or("-"),
+                    if m.enabled { "enabled" } else { "disabled" },
+                    m.labels,
+                    files.join(",")
+                );
+            }
+        }
+        CallersCommand::Remove { caller_id } => {
+            if !precall::callers::remove(&store, &caller_id).await? {
+                anyhow::bail!("no mapping for caller {caller_id}");
+            }
+            println!("removed {caller_id}");
+        }
+    }
+    store.close().await;
+    Ok(())
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings);
     let prompts = Prompts::load(&settings).context("loading the greeting")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let handle = server::start(settings, prompts).await?;
+    prepare_data_dir(&settings)?;
+    runtime()?.block_on(async move {
+        // A lazy pool: calls are answered even while the database is down; the
+        // writer migrates, replays and retries in the background.
+        let store = Store::connect_lazy(&settings.database_url, settings.raw.database.max_connections)
+            .with_context(|| format!("database {}", precall::store::redact(&settings.database_url)))?;
+        tracing::info!(database = %precall::store::redact(&settings.database_url), node = %settings.node_id, "call records");
+        let records = writer::spawn(
+            store.clone(),
+            WriterConfig {
+                queue: settings.raw.database.writer_queue,
+                memory_limit: settings.raw.database.writer_memory_limit,
+                batch: 128,
+                spill_file: settings.data_dir.join("spool").join("records.jsonl"),
+                node_id: settings.node_id.clone(),
+                auto_migrate: settings.raw.database.auto_migrate,
+                max_backoff: Duration::from_secs(5),
+            },
+        );
+        let handle = server::start(settings, prompts, records.clone()).await?;
         wait_for_signal().await;
         tracing::info!("shutdown requested");
         handle.shutdown();
         handle.wait().await;
+        records.shutdown(Duration::from_secs(10)).await;
+        store.close().await;
         anyhow::Ok(())
     })
 }

@@ -20,11 +20,13 @@ use crate::call::task::{self, CallContext, CallEvent, SipCommand};
 use crate::call::{CallInput, CallLimits};
 use crate::config::Settings;
 use crate::media::prompt::{Player, Prompt, PromptError};
-use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, SipEvent};
+use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, Refusal, SipEvent};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::sdp::{self, LocalMedia, SessionDescription};
 use crate::sip::transport::{self, Inbound};
 use crate::sip::{Flow, Transport};
+use crate::store::writer::RecordSink;
+use crate::store::{CallRow, Record, now_ms, records::new_id};
 
 /// The greeting built into the binary, used when `greeting.file` is empty.
 pub const BUILTIN_GREETING: &[u8] = include_bytes!("../assets/greeting.wav");
@@ -86,7 +88,7 @@ impl ServerHandle {
 }
 
 /// Binds the SIP sockets and starts the daemon.
-pub async fn start(settings: Settings, prompts: Prompts) -> Result<ServerHandle, ServerError> {
+pub async fn start(settings: Settings, prompts: Prompts, records: RecordSink) -> Result<ServerHandle, ServerError> {
     let addr = settings.sip_listen;
     let (udp, tcp) = transport::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let sip_addr = udp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
@@ -117,6 +119,7 @@ pub async fn start(settings: Settings, prompts: Prompts) -> Result<ServerHandle,
         stats: stats.clone(),
         cmd_tx,
         draining_since: None,
+        records,
         settings,
     };
     let task = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
@@ -146,6 +149,7 @@ struct SipTask {
     stats: Arc<Stats>,
     cmd_tx: mpsc::Sender<SipCommand>,
     draining_since: Option<Instant>,
+    records: RecordSink,
     settings: Settings,
 }
 
@@ -237,6 +241,7 @@ impl SipTask {
         }
         while let Some(r) = self.endpoint.poll_refusal() {
             tracing::info!(peer = %r.peer, method = %r.method, status = r.status, reason = %r.reason, "refused request");
+            self.record_refused_invite(&r);
         }
     }
 
@@ -276,32 +281,66 @@ impl SipTask {
         }
     }
 
+    /// An INVITE the endpoint refused before the call layer saw it (420, 415…) is
+    /// still an attempted call: record it.
+    fn record_refused_invite(&self, r: &Refusal) {
+        let Some(invite) = &r.invite else { return };
+        let now = now_ms();
+        let caller = invite
+            .caller
+            .as_deref()
+            .map(|u| crate::caller_id::normalize(u).unwrap_or_else(|| u.to_owned()));
+        self.records.submit(Record::Call(CallRow {
+            call_id: new_id(),
+            revision: 1,
+            node_id: self.settings.node_id.clone(),
+            protocol: "sip".into(),
+            external_id: invite.call_id.clone(),
+            caller,
+            callee: invite.callee.clone(),
+            started_at: now,
+            ended_at: Some(now),
+            end_reason: Some("rejected".into()),
+            end_status: Some(i64::from(r.status)),
+            ..CallRow::default()
+        }));
+    }
+
+    /// Refuses an admitted INVITE and records the call as rejected.
+    fn refuse_call(&mut self, call: CallKey, mut row: CallRow, rejection: Rejection) {
+        self.stats.calls_rejected.fetch_add(1, Ordering::Relaxed);
+        row.ended_at = Some(now_ms());
+        row.end_reason = Some("rejected".into());
+        row.end_status = Some(i64::from(rejection.status));
+        self.records.submit(Record::Call(row));
+        self.endpoint.reject(Instant::now(), call, rejection);
+    }
+
     /// Decides about a new INVITE: capacity, SDP, an RTP port; then answers and
     /// starts the call task.
     fn admit(&mut self, call: CallKey, request: Request, flow: Flow) {
         let now = Instant::now();
+        let row = call_row(&request, &self.settings.node_id);
         let limits = &self.settings.raw.limits;
         let retry_after = limits.retry_after_seconds.to_string();
         if self.draining_since.is_some() {
-            self.stats.calls_rejected.fetch_add(1, Ordering::Relaxed);
             let r = Rejection::new(503, "Service Unavailable: shutting down").with_header("Retry-After", retry_after);
-            return self.endpoint.reject(now, call, r);
+            return self.refuse_call(call, row, r);
         }
         if self.calls.len() >= limits.max_calls {
-            self.stats.calls_rejected.fetch_add(1, Ordering::Relaxed);
             let r = Rejection::new(503, format!("Service Unavailable: at capacity ({} calls)", limits.max_calls))
                 .with_header("Retry-After", retry_after);
-            return self.endpoint.reject(now, call, r);
+            return self.refuse_call(call, row, r);
         }
         let offer = match sdp_body(&request) {
             Ok(body) => body,
-            Err(r) => return self.endpoint.reject(now, call, r),
+            Err(r) => return self.refuse_call(call, row, r),
         };
         let socket = match self.ports.allocate() {
             Some(s) => s,
             None => {
                 let r = Rejection::new(503, "Service Unavailable: no free RTP port").with_header("Retry-After", retry_after);
-                return self.endpoint.reject(now, call, r);
+                return self.refuse_call(call, row, r);
             }
         };
         let rtp_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -323,7 +362,7 @@ impl SipTask {
                             488 => format!("Not Acceptable Here: {e}"),
                             _ => format!("Bad Request: {e}"),
                         };
-                        return self.endpoint.reject(now, call, Rejection::new(e.status(), reason));
+                        return self.refuse_call(call, row, Rejection::new(e.status(), reason));
                     }
                 }
             }
@@ -333,9 +372,7 @@ impl SipTask {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register RTP socket");
-                return self
-                    .endpoint
-                    .reject(now, call, Rejection::new(500, "Server Internal Error: RTP socket"));
+                return self.refuse_call(call, row, Rejection::new(500, "Server Internal Error: RTP socket"));
             }
         };
         let answer_delay = Duration::from_millis(self.settings.raw.sip.answer_delay_ms);
@@ -343,7 +380,7 @@ impl SipTask {
         let ctx = CallContext {
             key: call,
             sip_call_id: request.call_id.clone(),
-            caller: request.from.uri.user_decoded().unwrap_or_else(|| "anonymous".into()),
+            caller: row.caller.clone().unwrap_or_else(|| "anonymous".into()),
             callee: request.uri.user_decoded().unwrap_or_default(),
             peer: flow.remote,
             socket,
@@ -358,6 +395,8 @@ impl SipTask {
             commands: self.cmd_tx.clone(),
             answer_delay,
             answer_sdp: body.clone().into_bytes(),
+            row,
+            records: self.records.clone(),
         };
         if answer_delay.is_zero() {
             self.endpoint.accept(now, call, body.as_bytes());
@@ -386,6 +425,29 @@ impl SipTask {
         }
         self.local_ips.insert(remote.ip(), ip);
         SocketAddr::new(ip, port)
+    }
+}
+
+/// The first `call_log` row of a call. The caller is the P-Asserted-Identity
+/// (set by trusted trunks) or the From user, normalised toward E.164.
+fn call_row(request: &Request, node_id: &str) -> CallRow {
+    let asserted = request
+        .headers
+        .get("P-Asserted-Identity")
+        .and_then(|v| crate::sip::header::NameAddr::parse("P-Asserted-Identity", v).ok())
+        .and_then(|n| n.uri.user_decoded());
+    let user = asserted.or_else(|| request.from.uri.user_decoded());
+    let caller = user.map(|u| crate::caller_id::normalize(&u).unwrap_or(u));
+    CallRow {
+        call_id: new_id(),
+        revision: 1,
+        node_id: node_id.to_owned(),
+        protocol: "sip".into(),
+        external_id: request.call_id.clone(),
+        caller,
+        callee: request.uri.user_decoded(),
+        started_at: now_ms(),
+        ..CallRow::default()
     }
 }
 

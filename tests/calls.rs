@@ -13,7 +13,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn udp_call_plays_the_greeting_and_ends_on_bye() {
-    let (daemon, prompts) = start_daemon(|_| {}).await;
+    let daemon = start_daemon(|_| {}).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0 8 101", "sendrecv")).await;
     let (provisional, ok) = c.final_response(SEC).await;
@@ -44,7 +44,11 @@ async fn udp_call_plays_the_greeting_and_ends_on_bye() {
         assert_eq!(p.header.ssrc, parsed[0].header.ssrc);
         assert_eq!(p.header.sequence, parsed[0].header.sequence.wrapping_add(i as u16));
         assert_eq!(p.header.timestamp, parsed[0].header.timestamp.wrapping_add(160 * i as u32));
-        assert_eq!(p.payload, prompts.greeting.frame(G711::Ulaw, i as u64), "frame {i} is the greeting");
+        assert_eq!(
+            p.payload,
+            daemon.prompts.greeting.frame(G711::Ulaw, i as u64),
+            "frame {i} is the greeting"
+        );
         if i > 0 {
             assert!(!p.header.marker);
         }
@@ -60,7 +64,7 @@ async fn udp_call_plays_the_greeting_and_ends_on_bye() {
 
 #[tokio::test]
 async fn tcp_call_with_pcma_and_daemon_side_bye_on_rtp_timeout() {
-    let (daemon, prompts) = start_daemon(|s| s.rtp.timeout_seconds = 1).await;
+    let daemon = start_daemon(|s| s.rtp.timeout_seconds = 1).await;
     let mut c = Caller::tcp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "8 0", "sendrecv")).await;
     let (_, ok) = c.final_response(SEC).await;
@@ -70,7 +74,7 @@ async fn tcp_call_with_pcma_and_daemon_side_bye_on_rtp_timeout() {
     let (data, _, _) = c.recv_rtp(SEC).await.unwrap();
     let p = RtpPacket::parse(&data).unwrap();
     assert_eq!(p.header.payload_type, 8);
-    assert_eq!(p.payload, prompts.greeting.frame(G711::Alaw, 0));
+    assert_eq!(p.payload, daemon.prompts.greeting.frame(G711::Alaw, 0));
     // We never send RTP: after 1 s the daemon hangs up on the same TCP connection.
     let bye = c
         .recv_until(3 * SEC, |m| m.method() == Some("BYE"))
@@ -84,7 +88,7 @@ async fn tcp_call_with_pcma_and_daemon_side_bye_on_rtp_timeout() {
 
 #[tokio::test]
 async fn delayed_offer_gets_our_offer_and_uses_the_answer_from_the_ack() {
-    let (daemon, _) = start_daemon(|_| {}).await;
+    let daemon = start_daemon(|_| {}).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite("").await;
     let (_, ok) = c.final_response(SEC).await;
@@ -100,7 +104,7 @@ async fn delayed_offer_gets_our_offer_and_uses_the_answer_from_the_ack() {
 
 #[tokio::test]
 async fn rejections_no_common_codec_no_audio_and_capacity() {
-    let (daemon, _) = start_daemon(|s| s.limits.max_calls = 1).await;
+    let daemon = start_daemon(|s| s.limits.max_calls = 1).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "9 18", "sendrecv")).await;
     let (_, r) = c.final_response(SEC).await;
@@ -129,7 +133,7 @@ async fn rejections_no_common_codec_no_audio_and_capacity() {
 
 #[tokio::test]
 async fn symmetric_rtp_follows_where_the_callers_media_comes_from() {
-    let (daemon, _) = start_daemon(|_| {}).await;
+    let daemon = start_daemon(|_| {}).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     // The SDP names a port nobody reads (a NAT's private view)…
     let dead = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -151,7 +155,7 @@ async fn symmetric_rtp_follows_where_the_callers_media_comes_from() {
 
 #[tokio::test]
 async fn hold_and_resume_with_reinvite() {
-    let (daemon, _) = start_daemon(|_| {}).await;
+    let daemon = start_daemon(|_| {}).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
     let (_, ok) = c.final_response(SEC).await;
@@ -189,7 +193,7 @@ async fn hold_and_resume_with_reinvite() {
 
 #[tokio::test]
 async fn cancel_while_ringing_gets_200_and_487() {
-    let (daemon, _) = start_daemon(|s| s.sip.answer_delay_ms = 2000).await;
+    let daemon = start_daemon(|s| s.sip.answer_delay_ms = 2000).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
     let ringing = c
@@ -221,7 +225,7 @@ async fn cancel_while_ringing_gets_200_and_487() {
 
 #[tokio::test]
 async fn garbage_sip_and_rtp_never_take_the_daemon_down() {
-    let (daemon, _) = start_daemon(|_| {}).await;
+    let daemon = start_daemon(|_| {}).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
     let (_, ok) = c.final_response(SEC).await;
@@ -270,7 +274,7 @@ async fn garbage_sip_and_rtp_never_take_the_daemon_down() {
 
 #[tokio::test]
 async fn shutdown_refuses_new_calls_and_hangs_up_after_the_drain() {
-    let (daemon, _) = start_daemon(|s| s.limits.drain_seconds = 1).await;
+    let daemon = start_daemon(|s| s.limits.drain_seconds = 1).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
     c.final_response(SEC).await;
@@ -288,12 +292,28 @@ async fn shutdown_refuses_new_calls_and_hangs_up_after_the_drain() {
         .expect("BYE after the drain");
     assert!(bye.header("Reason").is_some_and(|r| r.contains("shutdown")));
     c.ok_to(&bye).await;
-    tokio::time::timeout(5 * SEC, daemon.wait())
+    let store = daemon.store.clone();
+    let records = daemon.records.clone();
+    tokio::time::timeout(5 * SEC, daemon.handle.wait())
         .await
         .expect("daemon exits after the drain");
+    // Both calls are on record: the one we hung up, and the one refused while draining.
+    assert!(records.flush(5 * SEC).await);
+    let ended = store.call_by_external_id(&c.call_id).await.unwrap().expect("call recorded");
+    assert_eq!(ended.row.end_reason.as_deref(), Some("shutdown"));
+    assert!(ended.row.answered_at.is_some() && ended.row.ended_at.is_some());
+    let refused = store
+        .call_by_external_id(&late.call_id)
+        .await
+        .unwrap()
+        .expect("refused call recorded");
+    assert_eq!(
+        (refused.row.end_reason.as_deref(), refused.row.end_status),
+        (Some("rejected"), Some(503))
+    );
 }
 
-async fn wait_idle(daemon: &precall::server::ServerHandle) {
+async fn wait_idle(daemon: &common::TestDaemon) {
     for _ in 0..100 {
         if daemon.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             return;

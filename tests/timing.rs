@@ -19,7 +19,8 @@ use precall::media::rtp::RtpPacket;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "wall-clock timing: run alone by .ci/run (see the module docs)"]
 async fn first_packet_and_pacing_over_five_seconds() {
-    let (daemon, prompts) = start_daemon(|_| {}).await;
+    let daemon = start_daemon(|_| {}).await;
+    let prompts = daemon.prompts.clone();
     let mut caller = Caller::udp(daemon.sip_addr).await;
     let rtp = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let rtp_port = rtp.local_addr().unwrap().port();

@@ -17,6 +17,8 @@ use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLat
 use crate::sip::endpoint::CallKey;
 use crate::sip::message::Rejection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
+use crate::store::writer::RecordSink;
+use crate::store::{CallRow, Record, now_ms};
 
 /// Commands from a call task to the SIP task.
 #[derive(Debug)]
@@ -54,6 +56,9 @@ pub struct CallContext {
     /// Non-zero: ring this long, then answer with `answer_sdp`.
     pub answer_delay: Duration,
     pub answer_sdp: Vec<u8>,
+    /// The call's `call_log` row so far (revision 1, started).
+    pub row: CallRow,
+    pub records: RecordSink,
 }
 
 /// The outbound media of a call: the paced sender and where it sends.
@@ -87,12 +92,14 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
 
     let mut answer_at = None;
     if ctx.answer_delay.is_zero() {
+        ctx.row.answered_at = Some(ctx.row.started_at);
         if ctx.negotiated.is_some() {
             call.handle(created, CallInput::Answered);
         }
     } else {
         answer_at = Some(created + ctx.answer_delay);
     }
+    ctx.records.submit(Record::Call(ctx.row.clone()));
 
     let far = Duration::from_secs(86_400);
     let sleep = tokio::time::sleep(far);
@@ -129,6 +136,17 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
     };
 
     let stats = receiver.stats();
+    let mut row = std::mem::take(&mut ctx.row);
+    row.revision = 3;
+    row.ended_at = Some(now_ms());
+    row.end_reason = Some(reason.as_str().to_owned());
+    if media.started.is_some() {
+        row.rtp_in_packets = Some(stats.packets as i64);
+        row.rtp_in_lost = Some(stats.lost as i64);
+        row.rtp_in_max_jitter_ms = Some((stats.max_jitter_ms * 10.0).round() / 10.0);
+        row.rtp_out_packets = Some(media.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
+    }
+    ctx.records.submit(Record::Call(row));
     tracing::info!(
         call = %ctx.key,
         call_id = %ctx.sip_call_id,
@@ -179,6 +197,9 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         *answer_at = None;
         let sdp = std::mem::take(&mut ctx.answer_sdp);
         let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp }).await;
+        ctx.row.revision = 2;
+        ctx.row.answered_at = Some(now_ms());
+        ctx.records.submit(Record::Call(ctx.row.clone()));
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
         }

@@ -97,6 +97,17 @@ pub struct Refusal {
     pub method: String,
     pub status: u16,
     pub reason: String,
+    /// Set for a new INVITE the endpoint refused on its own (420, 415, 406, 482…),
+    /// so the call layer can record the attempted call.
+    pub invite: Option<RefusedInvite>,
+}
+
+/// Who tried to call, for a refused INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedInvite {
+    pub call_id: String,
+    pub caller: Option<String>,
+    pub callee: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -673,7 +684,18 @@ impl Endpoint {
     fn refuse(&mut self, now: Instant, flow: Flow, req: Request, key: String, rejection: Rejection) {
         let id = self.new_server_tx(key, req.method == "INVITE", flow, None);
         let resp = self.response(&req, rejection.status, &rejection.reason, None, &rejection.headers);
-        self.note_refusal(flow.remote, &req.method, &rejection);
+        let invite = (req.method == "INVITE" && req.to.tag().is_none()).then(|| RefusedInvite {
+            call_id: req.call_id.clone(),
+            caller: req.from.uri.user_decoded(),
+            callee: req.uri.user_decoded(),
+        });
+        self.push_refusal(Refusal {
+            peer: flow.remote,
+            method: req.method.clone(),
+            status: rejection.status,
+            reason: rejection.reason.clone(),
+            invite,
+        });
         self.send_final(now, id, resp, rejection.status);
     }
 
@@ -711,13 +733,18 @@ impl Endpoint {
     }
 
     fn note_refusal(&mut self, peer: SocketAddr, method: &str, rejection: &Rejection) {
+        self.push_refusal(Refusal {
+            peer,
+            method: method.to_owned(),
+            status: rejection.status,
+            reason: rejection.reason.clone(),
+            invite: None,
+        });
+    }
+
+    fn push_refusal(&mut self, refusal: Refusal) {
         if self.refusals.len() < 1024 {
-            self.refusals.push_back(Refusal {
-                peer,
-                method: method.to_owned(),
-                status: rejection.status,
-                reason: rejection.reason.clone(),
-            });
+            self.refusals.push_back(refusal);
         }
     }
 

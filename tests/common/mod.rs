@@ -9,22 +9,71 @@ use std::time::{Duration, Instant};
 
 use precall::config::{RawSettings, Settings};
 use precall::server::{self, Prompts, ServerHandle};
+use precall::store::Store;
+use precall::store::writer::{self, RecordSink, WriterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// Starts a daemon on loopback with an OS-chosen SIP port and `tweak`ed settings.
-pub async fn start_daemon(tweak: impl FnOnce(&mut RawSettings)) -> (ServerHandle, Prompts) {
+/// A daemon under test, with the store its call records go to.
+pub struct TestDaemon {
+    pub handle: ServerHandle,
+    pub prompts: Prompts,
+    pub store: Store,
+    pub records: RecordSink,
+    pub settings: Settings,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestDaemon {
+    type Target = ServerHandle;
+    fn deref(&self) -> &ServerHandle {
+        &self.handle
+    }
+}
+
+/// Starts a daemon on loopback with an OS-chosen SIP port, a fresh SQLite store in
+/// a temporary directory, and `tweak`ed settings.
+pub async fn start_daemon(tweak: impl FnOnce(&mut RawSettings)) -> TestDaemon {
+    let dir = tempfile::tempdir().expect("temp dir");
     let mut raw = RawSettings::default();
     raw.sip.listen = "127.0.0.1:0".into();
+    raw.data.dir = dir.path().to_string_lossy().into_owned();
+    raw.node.id = "test-node".into();
     // Each test binary picks its own RTP range so parallel tests do not collide.
     let base = 20000 + (std::process::id() % 200) as u16 * 100;
     raw.rtp.port_min = base;
     raw.rtp.port_max = base + 98;
     tweak(&mut raw);
     let settings = Settings::compile(raw).expect("valid test settings");
+    start_with(settings, dir).await
+}
+
+pub async fn start_with(settings: Settings, dir: tempfile::TempDir) -> TestDaemon {
     let prompts = Prompts::load(&settings).expect("greeting loads");
-    let handle = server::start(settings, prompts.clone()).await.expect("daemon starts");
-    (handle, prompts)
+    let store = Store::connect_lazy(&settings.database_url, 4).expect("store");
+    let records = writer::spawn(
+        store.clone(),
+        WriterConfig {
+            queue: settings.raw.database.writer_queue,
+            memory_limit: settings.raw.database.writer_memory_limit,
+            batch: 64,
+            spill_file: settings.data_dir.join("spool").join("records.jsonl"),
+            node_id: settings.node_id.clone(),
+            auto_migrate: true,
+            max_backoff: Duration::from_millis(500),
+        },
+    );
+    let handle = server::start(settings.clone(), prompts.clone(), records.clone())
+        .await
+        .expect("daemon starts");
+    TestDaemon {
+        handle,
+        prompts,
+        store,
+        records,
+        settings,
+        _dir: dir,
+    }
 }
 
 pub const PCMU_OFFER_TEMPLATE: &str = "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";

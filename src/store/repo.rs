@@ -1,0 +1,485 @@
+//! Typed repository functions: the only SQL in precall. Portable between SQLite and
+//! PostgreSQL: `$N` placeholders, `ON CONFLICT` upserts, BIGINT timestamps and flags.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::records::{CachedVoice, CallRow, CallerMapping, CloneAttempt, CloneEvent, Record, Sample, StoredCall};
+use super::{Store, StoreError};
+
+const UPSERT_CALL: &str = "INSERT INTO call_log (call_id, revision, node_id, protocol, external_id, caller, callee, started_at, answered_at, \
+     bridged_at, ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, \
+     rtp_in_max_jitter_ms, rtp_out_packets) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+     ON CONFLICT (call_id) DO UPDATE SET revision = excluded.revision, node_id = excluded.node_id, protocol = excluded.protocol, \
+     external_id = excluded.external_id, caller = excluded.caller, callee = excluded.callee, started_at = excluded.started_at, \
+     answered_at = excluded.answered_at, bridged_at = excluded.bridged_at, ended_at = excluded.ended_at, \
+     end_reason = excluded.end_reason, end_status = excluded.end_status, clone_outcome = excluded.clone_outcome, \
+     voice_id = excluded.voice_id, conversation_id = excluded.conversation_id, rtp_in_packets = excluded.rtp_in_packets, \
+     rtp_in_lost = excluded.rtp_in_lost, rtp_in_max_jitter_ms = excluded.rtp_in_max_jitter_ms, rtp_out_packets = excluded.rtp_out_packets \
+     WHERE call_log.revision < excluded.revision";
+
+const CALL_COLUMNS: &str = "call_id, revision, node_id, protocol, external_id, caller, callee, started_at, answered_at, bridged_at, \
+     ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, rtp_in_max_jitter_ms, \
+     rtp_out_packets, transcript, summary";
+
+impl Store {
+    // ---- call_log ----------------------------------------------------------------
+
+    pub async fn upsert_call(&self, row: &CallRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        upsert_call(&mut tx, row).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
+        let sql = format!("SELECT {CALL_COLUMNS} FROM call_log WHERE call_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(call_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| stored_call(&r)).transpose()
+    }
+
+    pub async fn call_by_external_id(&self, external_id: &str) -> Result<Option<StoredCall>, StoreError> {
+        let sql = format!("SELECT {CALL_COLUMNS} FROM call_log WHERE external_id = $1 ORDER BY started_at DESC LIMIT 1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| stored_call(&r)).transpose()
+    }
+
+    /// The most recent calls from `caller`, newest first.
+    pub async fn calls_by_caller(&self, caller: &str, limit: i64) -> Result<Vec<StoredCall>, StoreError> {
+        let sql = format!("SELECT {CALL_COLUMNS} FROM call_log WHERE caller = $1 ORDER BY started_at DESC LIMIT $2");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(caller)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored_call).collect()
+    }
+
+    pub async fn count_calls(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM call_log")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+
+    /// Closes calls this node left open (a crash): `ended_at = now`, the given reason.
+    pub async fn close_open_calls(&self, node_id: &str, reason: &str, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE call_log SET ended_at = $1, end_reason = $2, revision = revision + 1000000 WHERE node_id = $3 AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Stores the post-call webhook's transcript and summary; false if no call has
+    /// that conversation id.
+    pub async fn set_conversation_result(
+        &self,
+        conversation_id: &str,
+        transcript: &str,
+        summary: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE call_log SET transcript = $1, summary = $2 WHERE conversation_id = $3")
+            .bind(transcript)
+            .bind(summary)
+            .bind(conversation_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- caller_voice_mapping ------------------------------------------------------
+
+    pub async fn upsert_mapping(&self, m: &CallerMapping) -> Result<(), StoreError> {
+        let samples = serde_json::to_string(&m.samples).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO caller_voice_mapping (caller_id, display_name, samples, sample_hash, labels, enabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (caller_id) DO UPDATE SET display_name = excluded.display_name, samples = excluded.samples, \
+             sample_hash = excluded.sample_hash, labels = excluded.labels, enabled = excluded.enabled, updated_at = excluded.updated_at",
+        )
+        .bind(&m.caller_id)
+        .bind(&m.display_name)
+        .bind(samples)
+        .bind(&m.sample_hash)
+        .bind(m.labels.to_string())
+        .bind(i64::from(m.enabled))
+        .bind(m.created_at)
+        .bind(m.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mapping(&self, caller_id: &str) -> Result<Option<CallerMapping>, StoreError> {
+        let row = sqlx::query(
+            "SELECT caller_id, display_name, samples, sample_hash, labels, enabled, created_at, updated_at \
+             FROM caller_voice_mapping WHERE caller_id = $1",
+        )
+        .bind(caller_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| mapping(&r)).transpose()
+    }
+
+    pub async fn mappings(&self) -> Result<Vec<CallerMapping>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT caller_id, display_name, samples, sample_hash, labels, enabled, created_at, updated_at \
+             FROM caller_voice_mapping ORDER BY caller_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping).collect()
+    }
+
+    pub async fn remove_mapping(&self, caller_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM caller_voice_mapping WHERE caller_id = $1")
+            .bind(caller_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- voice_clone_cache ---------------------------------------------------------
+
+    pub async fn put_cached_voice(&self, v: &CachedVoice) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO voice_clone_cache (caller_id, voice_id, sample_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (caller_id) DO UPDATE SET voice_id = excluded.voice_id, sample_hash = excluded.sample_hash, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at",
+        )
+        .bind(&v.caller_id)
+        .bind(&v.voice_id)
+        .bind(&v.sample_hash)
+        .bind(v.created_at)
+        .bind(v.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A usable cached clone: unexpired at `now` and made from `sample_hash`.
+    pub async fn cached_voice(&self, caller_id: &str, sample_hash: &str, now: i64) -> Result<Option<CachedVoice>, StoreError> {
+        let row = sqlx::query(
+            "SELECT caller_id, voice_id, sample_hash, created_at, expires_at FROM voice_clone_cache \
+             WHERE caller_id = $1 AND sample_hash = $2 AND expires_at > $3",
+        )
+        .bind(caller_id)
+        .bind(sample_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| cached_voice(&r)).transpose()
+    }
+
+    /// Entries that must be deleted at ElevenLabs: expired ones.
+    pub async fn expired_voices(&self, now: i64) -> Result<Vec<CachedVoice>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT caller_id, voice_id, sample_hash, created_at, expires_at FROM voice_clone_cache WHERE expires_at <= $1 ORDER BY expires_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cached_voice).collect()
+    }
+
+    pub async fn remove_cached_voice(&self, caller_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM voice_clone_cache WHERE caller_id = $1")
+            .bind(caller_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- clone log and events ------------------------------------------------------
+
+    pub async fn insert_clone_attempt(&self, a: &CloneAttempt) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_clone_attempt(&mut tx, a).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn insert_clone_event(&self, e: &CloneEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_clone_event(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn clone_attempts(&self, caller_id: &str) -> Result<Vec<CloneAttempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, caller_id, call_id, started_at, finished_at, latency_ms, http_status, error, voice_id \
+             FROM voice_clone_log WHERE caller_id = $1 ORDER BY started_at, id",
+        )
+        .bind(caller_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CloneAttempt {
+                    event_id: r.try_get("event_id")?,
+                    caller_id: r.try_get("caller_id")?,
+                    call_id: r.try_get("call_id")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    latency_ms: r.try_get("latency_ms")?,
+                    http_status: r.try_get("http_status")?,
+                    error: r.try_get("error")?,
+                    voice_id: r.try_get("voice_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every clone event of a call, in time order.
+    pub async fn clone_events(&self, call_id: &str) -> Result<Vec<CloneEvent>, StoreError> {
+        let mut out = Vec::new();
+        for r in sqlx::query(
+            "SELECT event_id, call_id, caller_id, voice_id, source, waited_ms, created_at FROM clone_ready_events WHERE call_id = $1",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            out.push(CloneEvent::Ready {
+                event_id: r.try_get("event_id")?,
+                call_id: r.try_get("call_id")?,
+                caller_id: r.try_get("caller_id")?,
+                voice_id: r.try_get("voice_id")?,
+                source: r.try_get("source")?,
+                waited_ms: r.try_get("waited_ms")?,
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        for r in sqlx::query(
+            "SELECT event_id, call_id, caller_id, reason, fallback_voice_id, waited_ms, created_at FROM clone_failed_events WHERE call_id = $1",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            out.push(CloneEvent::Failed {
+                event_id: r.try_get("event_id")?,
+                call_id: r.try_get("call_id")?,
+                caller_id: r.try_get("caller_id")?,
+                reason: r.try_get("reason")?,
+                fallback_voice_id: r.try_get("fallback_voice_id")?,
+                waited_ms: r.try_get("waited_ms")?,
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        for r in
+            sqlx::query("SELECT event_id, call_id, voice_id, waited_ms, gap_ms, created_at FROM clone_transfer_events WHERE call_id = $1")
+                .bind(call_id)
+                .fetch_all(&self.pool)
+                .await?
+        {
+            out.push(CloneEvent::Transfer {
+                event_id: r.try_get("event_id")?,
+                call_id: r.try_get("call_id")?,
+                voice_id: r.try_get("voice_id")?,
+                waited_ms: r.try_get("waited_ms")?,
+                gap_ms: r.try_get("gap_ms")?,
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        out.sort_by_key(|e| match e {
+            CloneEvent::Ready { created_at, .. } | CloneEvent::Failed { created_at, .. } | CloneEvent::Transfer { created_at, .. } => {
+                *created_at
+            }
+        });
+        Ok(out)
+    }
+
+    /// Writes a batch in one transaction (the writer's path). Every statement is
+    /// idempotent, so a batch retried after an unclear failure stores nothing twice.
+    pub async fn write_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            match r {
+                Record::Call(row) => upsert_call(&mut tx, row).await?,
+                Record::CloneAttempt(a) => insert_clone_attempt(&mut tx, a).await?,
+                Record::CloneEvent(e) => insert_clone_event(&mut tx, e).await?,
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn upsert_call(tx: &mut Transaction<'_, Any>, row: &CallRow) -> Result<(), StoreError> {
+    sqlx::query(UPSERT_CALL)
+        .bind(&row.call_id)
+        .bind(row.revision)
+        .bind(&row.node_id)
+        .bind(&row.protocol)
+        .bind(&row.external_id)
+        .bind(&row.caller)
+        .bind(&row.callee)
+        .bind(row.started_at)
+        .bind(row.answered_at)
+        .bind(row.bridged_at)
+        .bind(row.ended_at)
+        .bind(&row.end_reason)
+        .bind(row.end_status)
+        .bind(&row.clone_outcome)
+        .bind(&row.voice_id)
+        .bind(&row.conversation_id)
+        .bind(row.rtp_in_packets)
+        .bind(row.rtp_in_lost)
+        .bind(row.rtp_in_max_jitter_ms)
+        .bind(row.rtp_out_packets)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_clone_attempt(tx: &mut Transaction<'_, Any>, a: &CloneAttempt) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO voice_clone_log (event_id, caller_id, call_id, started_at, finished_at, latency_ms, http_status, error, voice_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&a.event_id)
+    .bind(&a.caller_id)
+    .bind(&a.call_id)
+    .bind(a.started_at)
+    .bind(a.finished_at)
+    .bind(a.latency_ms)
+    .bind(a.http_status)
+    .bind(&a.error)
+    .bind(&a.voice_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_clone_event(tx: &mut Transaction<'_, Any>, e: &CloneEvent) -> Result<(), StoreError> {
+    let q = match e {
+        CloneEvent::Ready {
+            event_id,
+            call_id,
+            caller_id,
+            voice_id,
+            source,
+            waited_ms,
+            created_at,
+        } => sqlx::query(
+            "INSERT INTO clone_ready_events (event_id, call_id, caller_id, voice_id, source, waited_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(call_id)
+        .bind(caller_id)
+        .bind(voice_id)
+        .bind(source)
+        .bind(*waited_ms)
+        .bind(*created_at),
+        CloneEvent::Failed {
+            event_id,
+            call_id,
+            caller_id,
+            reason,
+            fallback_voice_id,
+            waited_ms,
+            created_at,
+        } => sqlx::query(
+            "INSERT INTO clone_failed_events (event_id, call_id, caller_id, reason, fallback_voice_id, waited_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(call_id)
+        .bind(caller_id)
+        .bind(reason)
+        .bind(fallback_voice_id)
+        .bind(*waited_ms)
+        .bind(*created_at),
+        CloneEvent::Transfer {
+            event_id,
+            call_id,
+            voice_id,
+            waited_ms,
+            gap_ms,
+            created_at,
+        } => sqlx::query(
+            "INSERT INTO clone_transfer_events (event_id, call_id, voice_id, waited_ms, gap_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(call_id)
+        .bind(voice_id)
+        .bind(*waited_ms)
+        .bind(*gap_ms)
+        .bind(*created_at),
+    };
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+fn stored_call(r: &AnyRow) -> Result<StoredCall, StoreError> {
+    Ok(StoredCall {
+        row: CallRow {
+            call_id: r.try_get("call_id")?,
+            revision: r.try_get("revision")?,
+            node_id: r.try_get("node_id")?,
+            protocol: r.try_get("protocol")?,
+            external_id: r.try_get("external_id")?,
+            caller: r.try_get("caller")?,
+            callee: r.try_get("callee")?,
+            started_at: r.try_get("started_at")?,
+            answered_at: r.try_get("answered_at")?,
+            bridged_at: r.try_get("bridged_at")?,
+            ended_at: r.try_get("ended_at")?,
+            end_reason: r.try_get("end_reason")?,
+            end_status: r.try_get("end_status")?,
+            clone_outcome: r.try_get("clone_outcome")?,
+            voice_id: r.try_get("voice_id")?,
+            conversation_id: r.try_get("conversation_id")?,
+            rtp_in_packets: r.try_get("rtp_in_packets")?,
+            rtp_in_lost: r.try_get("rtp_in_lost")?,
+            rtp_in_max_jitter_ms: r.try_get("rtp_in_max_jitter_ms")?,
+            rtp_out_packets: r.try_get("rtp_out_packets")?,
+        },
+        transcript: r.try_get("transcript")?,
+        summary: r.try_get("summary")?,
+    })
+}
+
+fn mapping(r: &AnyRow) -> Result<CallerMapping, StoreError> {
+    let samples: String = r.try_get("samples")?;
+    let samples: Vec<Sample> = serde_json::from_str(&samples).map_err(|e| StoreError::Corrupt(format!("samples: {e}")))?;
+    let labels: String = r.try_get("labels")?;
+    let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?;
+    let enabled: i64 = r.try_get("enabled")?;
+    Ok(CallerMapping {
+        caller_id: r.try_get("caller_id")?,
+        display_name: r.try_get("display_name")?,
+        samples,
+        sample_hash: r.try_get("sample_hash")?,
+        labels,
+        enabled: enabled != 0,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn cached_voice(r: &AnyRow) -> Result<CachedVoice, StoreError> {
+    Ok(CachedVoice {
+        caller_id: r.try_get("caller_id")?,
+        voice_id: r.try_get("voice_id")?,
+        sample_hash: r.try_get("sample_hash")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
