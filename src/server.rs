@@ -290,7 +290,7 @@ impl SipTask {
             .caller
             .as_deref()
             .map(|u| crate::caller_id::normalize(u).unwrap_or_else(|| u.to_owned()));
-        self.records.submit(Record::Call(CallRow {
+        self.records.submit(Record::Call(Box::new(CallRow {
             call_id: new_id(),
             revision: 1,
             node_id: self.settings.node_id.clone(),
@@ -303,7 +303,7 @@ impl SipTask {
             end_reason: Some("rejected".into()),
             end_status: Some(i64::from(r.status)),
             ..CallRow::default()
-        }));
+        })));
     }
 
     /// Refuses an admitted INVITE and records the call as rejected.
@@ -312,7 +312,7 @@ impl SipTask {
         row.ended_at = Some(now_ms());
         row.end_reason = Some("rejected".into());
         row.end_status = Some(i64::from(rejection.status));
-        self.records.submit(Record::Call(row));
+        self.records.submit(Record::Call(Box::new(row)));
         self.endpoint.reject(Instant::now(), call, rejection);
     }
 

@@ -99,7 +99,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
     } else {
         answer_at = Some(created + ctx.answer_delay);
     }
-    ctx.records.submit(Record::Call(ctx.row.clone()));
+    ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
 
     let far = Duration::from_secs(86_400);
     let sleep = tokio::time::sleep(far);
@@ -146,7 +146,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         row.rtp_in_max_jitter_ms = Some((stats.max_jitter_ms * 10.0).round() / 10.0);
         row.rtp_out_packets = Some(media.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
     }
-    ctx.records.submit(Record::Call(row));
+    ctx.records.submit(Record::Call(Box::new(row)));
     tracing::info!(
         call = %ctx.key,
         call_id = %ctx.sip_call_id,
@@ -199,7 +199,7 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp }).await;
         ctx.row.revision = 2;
         ctx.row.answered_at = Some(now_ms());
-        ctx.records.submit(Record::Call(ctx.row.clone()));
+        ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
         }

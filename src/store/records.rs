@@ -127,7 +127,7 @@ pub enum CloneEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record")]
 pub enum Record {
-    Call(CallRow),
+    Call(Box<CallRow>),
     CloneAttempt(CloneAttempt),
     CloneEvent(CloneEvent),
 }

@@ -156,11 +156,13 @@ impl Writer {
                 }
                 continue;
             }
-            if let Some((deadline, _)) = &self.shutdown {
-                if tokio::time::Instant::now() >= *deadline {
-                    self.spill_all_and_stop();
-                    return;
-                }
+            if self
+                .shutdown
+                .as_ref()
+                .is_some_and(|(deadline, _)| tokio::time::Instant::now() >= *deadline)
+            {
+                self.spill_all_and_stop();
+                return;
             }
             let step = match self.shutdown.as_ref().map(|(d, _)| *d) {
                 Some(deadline) => tokio::time::timeout_at(deadline, self.step())
