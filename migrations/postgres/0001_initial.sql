@@ -44,7 +44,7 @@ CREATE TABLE call_log (
     summary              TEXT,
     rtp_in_packets       BIGINT,
     rtp_in_lost          BIGINT,
-    rtp_in_max_jitter_ms DOUBLE PRECISION,
+    rtp_in_max_jitter_us BIGINT,
     rtp_out_packets      BIGINT
 );
 CREATE INDEX call_log_caller ON call_log (caller, started_at);

@@ -143,7 +143,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
     if media.started.is_some() {
         row.rtp_in_packets = Some(stats.packets as i64);
         row.rtp_in_lost = Some(stats.lost as i64);
-        row.rtp_in_max_jitter_ms = Some((stats.max_jitter_ms * 10.0).round() / 10.0);
+        row.rtp_in_max_jitter_us = Some((stats.max_jitter_ms * 1000.0).round() as i64);
         row.rtp_out_packets = Some(media.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
     }
     ctx.records.submit(Record::Call(Box::new(row)));

@@ -38,6 +38,18 @@ pub enum StoreError {
     DataDir { path: String, source: std::io::Error },
 }
 
+impl StoreError {
+    /// Whether retrying later can succeed (the database is unreachable or busy),
+    /// as opposed to the database refusing this statement.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(_)) => false,
+            StoreError::Database(_) | StoreError::Migrate(_) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -113,6 +125,14 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
+        Ok(())
+    }
+
+    /// Runs one literal statement. Tests use it to make the database misbehave;
+    /// production code goes through the typed functions in `repo`.
+    #[doc(hidden)]
+    pub async fn execute_raw_for_tests(&self, sql: &'static str) -> Result<(), StoreError> {
+        sqlx::query(sql).execute(&self.pool).await?;
         Ok(())
     }
 

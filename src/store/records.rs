@@ -30,7 +30,7 @@ pub struct CallRow {
     pub conversation_id: Option<String>,
     pub rtp_in_packets: Option<i64>,
     pub rtp_in_lost: Option<i64>,
-    pub rtp_in_max_jitter_ms: Option<f64>,
+    pub rtp_in_max_jitter_us: Option<i64>,
     pub rtp_out_packets: Option<i64>,
 }
 

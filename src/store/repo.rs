@@ -9,18 +9,18 @@ use super::{Store, StoreError};
 
 const UPSERT_CALL: &str = "INSERT INTO call_log (call_id, revision, node_id, protocol, external_id, caller, callee, started_at, answered_at, \
      bridged_at, ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, \
-     rtp_in_max_jitter_ms, rtp_out_packets) \
+     rtp_in_max_jitter_us, rtp_out_packets) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
      ON CONFLICT (call_id) DO UPDATE SET revision = excluded.revision, node_id = excluded.node_id, protocol = excluded.protocol, \
      external_id = excluded.external_id, caller = excluded.caller, callee = excluded.callee, started_at = excluded.started_at, \
      answered_at = excluded.answered_at, bridged_at = excluded.bridged_at, ended_at = excluded.ended_at, \
      end_reason = excluded.end_reason, end_status = excluded.end_status, clone_outcome = excluded.clone_outcome, \
      voice_id = excluded.voice_id, conversation_id = excluded.conversation_id, rtp_in_packets = excluded.rtp_in_packets, \
-     rtp_in_lost = excluded.rtp_in_lost, rtp_in_max_jitter_ms = excluded.rtp_in_max_jitter_ms, rtp_out_packets = excluded.rtp_out_packets \
+     rtp_in_lost = excluded.rtp_in_lost, rtp_in_max_jitter_us = excluded.rtp_in_max_jitter_us, rtp_out_packets = excluded.rtp_out_packets \
      WHERE call_log.revision < excluded.revision";
 
 const CALL_COLUMNS: &str = "call_id, revision, node_id, protocol, external_id, caller, callee, started_at, answered_at, bridged_at, \
-     ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, rtp_in_max_jitter_ms, \
+     ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, rtp_in_max_jitter_us, \
      rtp_out_packets, transcript, summary";
 
 impl Store {
@@ -339,7 +339,7 @@ async fn upsert_call(tx: &mut Transaction<'_, Any>, row: &CallRow) -> Result<(),
         .bind(&row.conversation_id)
         .bind(row.rtp_in_packets)
         .bind(row.rtp_in_lost)
-        .bind(row.rtp_in_max_jitter_ms)
+        .bind(row.rtp_in_max_jitter_us)
         .bind(row.rtp_out_packets)
         .execute(&mut **tx)
         .await?;
@@ -448,7 +448,7 @@ fn stored_call(r: &AnyRow) -> Result<StoredCall, StoreError> {
             conversation_id: r.try_get("conversation_id")?,
             rtp_in_packets: r.try_get("rtp_in_packets")?,
             rtp_in_lost: r.try_get("rtp_in_lost")?,
-            rtp_in_max_jitter_ms: r.try_get("rtp_in_max_jitter_ms")?,
+            rtp_in_max_jitter_us: r.try_get("rtp_in_max_jitter_us")?,
             rtp_out_packets: r.try_get("rtp_out_packets")?,
         },
         transcript: r.try_get("transcript")?,

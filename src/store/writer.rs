@@ -45,6 +45,8 @@ pub struct WriterStats {
     pub failed_attempts: AtomicU64,
     pub spilled: AtomicU64,
     pub pending: AtomicU64,
+    /// Records the database refused (kept in `rejected.jsonl`).
+    pub rejected: AtomicU64,
 }
 
 /// The call path's handle: cheap to clone, never blocks.
@@ -174,7 +176,7 @@ impl Writer {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, pending = self.pending.len(), spilled = self.spill_len(), retry_in_ms = backoff.as_millis() as u64, "database write failed; keeping records and retrying");
+                    tracing::warn!(error = %e, pending = self.pending.len(), spill_bytes = self.spill_len(), retry_in_ms = backoff.as_millis() as u64, "database write failed; keeping records and retrying");
                     // Keep draining the queue while we wait, so the call path never backs up.
                     let wait = match &self.shutdown {
                         Some((deadline, _)) => backoff.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
@@ -252,12 +254,57 @@ impl Writer {
         if !self.pending.is_empty() {
             let n = self.pending.len().min(self.config.batch);
             let batch: Vec<Record> = self.pending.range(..n).cloned().collect();
-            self.store.write_batch(&batch).await?;
+            self.write(&batch).await?;
             self.pending.drain(..n);
-            self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
             return Ok(());
         }
         self.replay_spill().await
+    }
+
+    /// Writes a batch; if the database refuses it (not merely unreachable), writes
+    /// the records one by one and sets aside any it refuses, so one bad record
+    /// cannot hold up every call after it.
+    async fn write(&mut self, batch: &[Record]) -> Result<(), StoreError> {
+        match self.store.write_batch(batch).await {
+            Ok(()) => {
+                self.stats.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, records = batch.len(), "database refused a batch; writing its records one by one");
+                for record in batch {
+                    match self.store.write_batch(std::slice::from_ref(record)).await {
+                        Ok(()) => {
+                            self.stats.written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => self.set_aside(record, &e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps a record the database refuses in `rejected.jsonl` beside the spill
+    /// file, for an operator to inspect and replay.
+    fn set_aside(&mut self, record: &Record, error: &StoreError) {
+        let path = self.config.spill_file.with_file_name("rejected.jsonl");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let line = serde_json::json!({ "error": error.to_string(), "record": record });
+        let result = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => tracing::error!(error = %error, file = %path.display(), "database refused a record; kept aside"),
+            Err(io) => tracing::error!(error = %error, io = %io, "database refused a record and it could not be kept aside"),
+        }
     }
 
     fn spill(&mut self, record: &Record) -> std::io::Result<()> {
@@ -290,8 +337,7 @@ impl Writer {
         let records = read_spill(&replay).map_err(|e| StoreError::Corrupt(format!("spill file: {e}")))?;
         tracing::info!(records = records.len(), "replaying spilled records");
         for chunk in records.chunks(self.config.batch) {
-            self.store.write_batch(chunk).await?;
-            self.stats.written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.write(chunk).await?;
         }
         let _ = std::fs::remove_file(&replay);
         Ok(())

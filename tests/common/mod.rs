@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
