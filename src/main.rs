@@ -182,7 +182,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             WriterConfig {
                 queue: settings.raw.database.writer_queue,
                 memory_limit: settings.raw.database.writer_memory_limit,
-                batch: 128,
+                batch: 500,
                 spill_file: settings.data_dir.join("spool").join("records.jsonl"),
                 node_id: settings.node_id.clone(),
                 auto_migrate: settings.raw.database.auto_migrate,

@@ -34,8 +34,8 @@ pub const BUILTIN_GREETING: &[u8] = include_bytes!("../assets/greeting.wav");
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    #[error("cannot listen for SIP on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for SIP on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error(transparent)]
     Prompt(#[from] PromptError),
 }
@@ -90,8 +90,8 @@ impl ServerHandle {
 /// Binds the SIP sockets and starts the daemon.
 pub async fn start(settings: Settings, prompts: Prompts, records: RecordSink) -> Result<ServerHandle, ServerError> {
     let addr = settings.sip_listen;
-    let (udp, tcp) = transport::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-    let sip_addr = udp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let (udp, tcp) = transport::bind(addr).await.map_err(|error| ServerError::Bind { addr, error })?;
+    let sip_addr = udp.local_addr().map_err(|error| ServerError::Bind { addr, error })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
     tokio::spawn(transport::accept_loop(

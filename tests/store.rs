@@ -216,6 +216,32 @@ async fn exercise(store: &Store) {
     store.write_batch(&batch).await.unwrap();
     store.write_batch(&batch).await.unwrap();
     assert_eq!(store.clone_events("c1").await.unwrap(), events);
+
+    // A large batch: several multi-row statements, and a call seen twice in one
+    // batch lands at its highest revision whatever the order.
+    let mut batch = Vec::new();
+    for i in 0..250 {
+        let id = format!("m{i}");
+        let ended = CallRow {
+            ended_at: Some(50),
+            end_reason: Some("caller_bye".into()),
+            ..call(&id, "+1666", 3, 10)
+        };
+        let started = call(&id, "+1666", 1, 10);
+        if i % 2 == 0 {
+            batch.push(Record::Call(Box::new(started)));
+            batch.push(Record::Call(Box::new(ended)));
+        } else {
+            batch.push(Record::Call(Box::new(ended)));
+            batch.push(Record::Call(Box::new(started)));
+        }
+    }
+    store.write_batch(&batch).await.unwrap();
+    assert_eq!(store.count_calls().await.unwrap(), 253);
+    for i in [0, 1, 99, 100, 249] {
+        let row = store.call(&format!("m{i}")).await.unwrap().unwrap().row;
+        assert_eq!((row.revision, row.end_reason.as_deref()), (3, Some("caller_bye")), "m{i}");
+    }
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@ pub const RATE: u32 = 8000;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum PromptError {
-    #[error("cannot read WAV {path}: {source}")]
-    Wav { path: String, source: hound::Error },
+    #[error("cannot read WAV {path}: {error}")]
+    Wav { path: String, error: hound::Error },
     #[error("unsupported WAV format in {path}: {why}")]
     Format { path: String, why: String },
     #[error("cannot resample {path} from {rate} Hz: {why}")]
@@ -41,17 +41,14 @@ pub struct Prompt {
 impl Prompt {
     pub fn from_wav_file(path: &Path) -> Result<Self, PromptError> {
         let name = path.display().to_string();
-        let reader = hound::WavReader::open(path).map_err(|source| PromptError::Wav {
-            path: name.clone(),
-            source,
-        })?;
+        let reader = hound::WavReader::open(path).map_err(|error| PromptError::Wav { path: name.clone(), error })?;
         Self::from_wav(reader, &name)
     }
 
     pub fn from_wav_reader<R: Read>(reader: R, name: &str) -> Result<Self, PromptError> {
-        let reader = hound::WavReader::new(reader).map_err(|source| PromptError::Wav {
+        let reader = hound::WavReader::new(reader).map_err(|error| PromptError::Wav {
             path: name.to_owned(),
-            source,
+            error,
         })?;
         Self::from_wav(reader, name)
     }
@@ -65,9 +62,9 @@ impl Prompt {
                 why: "zero channels or sample rate".into(),
             });
         }
-        let wav_err = |source| PromptError::Wav {
+        let wav_err = |error| PromptError::Wav {
             path: name.to_owned(),
-            source,
+            error,
         };
         let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
             (hound::SampleFormat::Int, 16) => reader

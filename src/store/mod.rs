@@ -34,8 +34,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is not what precall wrote: {0}")]
     Corrupt(String),
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    #[error("cannot create the data directory {path}: {error}")]
+    DataDir { path: String, error: std::io::Error },
 }
 
 impl StoreError {

@@ -17,16 +17,16 @@ pub const MAX_SAMPLE_BYTES: u64 = 50 * 1024 * 1024;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SampleError {
-    #[error("{path}: cannot read: {source}")]
-    Unreadable { path: String, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Unreadable { path: String, error: std::io::Error },
     #[error("{path}: file is empty")]
     Empty { path: String },
     #[error("{path}: {size} bytes is larger than the {MAX_SAMPLE_BYTES}-byte limit")]
     TooLarge { path: String, size: u64 },
     #[error("{path}: not a WAV or MP3 file (by its content)")]
     NotAudio { path: String },
-    #[error("cannot store sample under {dir}: {source}")]
-    Store { dir: String, source: std::io::Error },
+    #[error("cannot store sample under {dir}: {error}")]
+    Store { dir: String, error: std::io::Error },
 }
 
 /// A checked sample, read into memory, not yet copied.
@@ -41,10 +41,7 @@ pub struct CheckedSample {
 /// Reads and checks one file: readable, non-empty, bounded, WAV or MP3 content.
 pub fn check(path: &Path) -> Result<CheckedSample, SampleError> {
     let name = path.display().to_string();
-    let unreadable = |source| SampleError::Unreadable {
-        path: name.clone(),
-        source,
-    };
+    let unreadable = |error| SampleError::Unreadable { path: name.clone(), error };
     let meta = fs::metadata(path).map_err(unreadable)?;
     if meta.len() > MAX_SAMPLE_BYTES {
         return Err(SampleError::TooLarge {
@@ -89,9 +86,9 @@ pub fn store(data_dir: &Path, caller_id: &str, samples: &[CheckedSample]) -> Res
         .collect();
     let rel_dir = Path::new("samples").join(safe);
     let dir = data_dir.join(&rel_dir);
-    let err = |source| SampleError::Store {
+    let err = |error| SampleError::Store {
         dir: dir.display().to_string(),
-        source,
+        error,
     };
     fs::create_dir_all(&dir).map_err(err)?;
     let mut out = Vec::with_capacity(samples.len());
