@@ -79,8 +79,40 @@ impl Default for RtpSection {
 pub struct GreetingSection {
     /// WAV file to play on answer; empty = the greeting built into the binary.
     pub file: String,
-    /// WAV file looped after the greeting; empty = loop the greeting.
-    pub hold_file: String,
+    /// Text to render with ElevenLabs TTS at startup instead of `file`.
+    pub message: String,
+    /// Voice for `message`; empty = `elevenlabs.default_voice_id`.
+    pub voice_id: String,
+    /// Loop `music_file` after the greeting while the clone is pending.
+    pub music_enabled: bool,
+    /// WAV hold music; with `music_enabled` and no file, the greeting loops.
+    pub music_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElevenLabsSection {
+    /// Empty: the built-in simulator answers instead of ElevenLabs (offline default).
+    pub api_key: String,
+    pub base_url: String,
+    /// Voice used when there is no clone (unmapped, failed, timed out).
+    pub default_voice_id: String,
+    /// Requests in flight to ElevenLabs at once, across all calls.
+    pub max_concurrent_requests: usize,
+    /// Upper bound for one HTTP request.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for ElevenLabsSection {
+    fn default() -> Self {
+        ElevenLabsSection {
+            api_key: String::new(),
+            base_url: "https://api.elevenlabs.io".into(),
+            default_voice_id: "21m00Tcm4TlvDq8ikWAM".into(),
+            max_concurrent_requests: 4,
+            request_timeout_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -175,11 +207,22 @@ pub struct NodeSection {
 pub struct CloneSection {
     /// How long a cloned voice is reused for the same caller and samples.
     pub cache_ttl_hours: u64,
+    /// How long a call waits for its clone before using the default voice.
+    pub max_wait_seconds: u64,
+    /// Ask ElevenLabs to isolate the voice in the samples.
+    pub remove_background_noise: bool,
+    /// How often expired clones are deleted at ElevenLabs.
+    pub sweep_interval_seconds: u64,
 }
 
 impl Default for CloneSection {
     fn default() -> Self {
-        CloneSection { cache_ttl_hours: 24 }
+        CloneSection {
+            cache_ttl_hours: 24,
+            max_wait_seconds: 35,
+            remove_background_noise: false,
+            sweep_interval_seconds: 600,
+        }
     }
 }
 
@@ -196,6 +239,7 @@ pub struct RawSettings {
     pub data: DataSection,
     pub node: NodeSection,
     pub clone: CloneSection,
+    pub elevenlabs: ElevenLabsSection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +296,17 @@ impl Settings {
         };
         if let Some(listen) = listen_alias {
             precall.entry("PRECALL_SIP__LISTEN".into()).or_insert(listen);
+        }
+        for (seed, key) in [
+            ("ELEVENLABS_API_KEY", "PRECALL_ELEVENLABS__API_KEY"),
+            ("CLONE_MAX_WAIT_SECONDS", "PRECALL_CLONE__MAX_WAIT_SECONDS"),
+            ("GREETING_MESSAGE", "PRECALL_GREETING__MESSAGE"),
+            ("GREETING_VOICE_ID", "PRECALL_GREETING__VOICE_ID"),
+            ("GREETING_MUSIC_ENABLED", "PRECALL_GREETING__MUSIC_ENABLED"),
+        ] {
+            if let Some(v) = env.get(seed) {
+                precall.entry(key.into()).or_insert_with(|| v.clone());
+            }
         }
         if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
             precall.entry("PRECALL_DATABASE__URL".into()).or_insert_with(|| url.clone());
@@ -352,7 +407,26 @@ impl Settings {
             Ok(Some(path))
         };
         let greeting_file = file("greeting.file", &raw.greeting.file)?;
-        let hold_file = file("greeting.hold_file", &raw.greeting.hold_file)?;
+        let music_file = file("greeting.music_file", &raw.greeting.music_file)?;
+        let hold_file = music_file.filter(|_| raw.greeting.music_enabled);
+        if raw.clone.max_wait_seconds == 0 || raw.clone.sweep_interval_seconds == 0 {
+            return Err(invalid("clone.max_wait_seconds/clone.sweep_interval_seconds", "must be at least 1"));
+        }
+        if raw.elevenlabs.default_voice_id.is_empty() {
+            return Err(invalid("elevenlabs.default_voice_id", "must name a voice"));
+        }
+        if !raw.elevenlabs.base_url.starts_with("http://") && !raw.elevenlabs.base_url.starts_with("https://") {
+            return Err(invalid(
+                "elevenlabs.base_url",
+                format!("{:?} is not an http(s) URL", raw.elevenlabs.base_url),
+            ));
+        }
+        if raw.elevenlabs.max_concurrent_requests == 0 || raw.elevenlabs.request_timeout_seconds == 0 {
+            return Err(invalid(
+                "elevenlabs.max_concurrent_requests/request_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
         if raw.data.dir.is_empty() {
             return Err(invalid("data.dir", "must name a directory"));
         }
@@ -477,6 +551,19 @@ mod tests {
         .unwrap();
         assert_eq!(s.sip_listen, "127.0.0.1:5099".parse().unwrap());
         assert_eq!(s.raw.log.level, "debug");
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("ELEVENLABS_API_KEY", "sk-live"),
+                ("CLONE_MAX_WAIT_SECONDS", "12"),
+                ("GREETING_MESSAGE", "Hi"),
+                ("GREETING_MUSIC_ENABLED", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((s.raw.elevenlabs.api_key.as_str(), s.raw.clone.max_wait_seconds), ("sk-live", 12));
+        assert_eq!((s.raw.greeting.message.as_str(), s.raw.greeting.music_enabled), ("Hi", true));
+        assert!(!s.to_masked_toml().contains("sk-live"), "the API key is masked");
         let s = Settings::load_from(None, &env(&[("SIP_HOST", "127.0.0.1"), ("PRECALL_SIP__LISTEN", "127.0.0.1:5100")])).unwrap();
         assert_eq!(s.sip_listen.port(), 5100, "PRECALL_ names win over the seed's aliases");
         let s = Settings::load_from(None, &env(&[("PRECALL_CONFIG", path.to_str().unwrap())])).unwrap();
@@ -495,6 +582,9 @@ mod tests {
             (&[("PRECALL_LIMITS__MAX_CALLS", "0")], "limits.max_calls"),
             (&[("PRECALL_LOG__FORMAT", "xml")], "log.format"),
             (&[("PRECALL_GREETING__FILE", "/nonexistent.wav")], "greeting.file"),
+            (&[("PRECALL_GREETING__MUSIC_FILE", "/nonexistent.wav")], "greeting.music_file"),
+            (&[("CLONE_MAX_WAIT_SECONDS", "0")], "clone.max_wait_seconds"),
+            (&[("PRECALL_ELEVENLABS__BASE_URL", "ftp://x")], "elevenlabs.base_url"),
             (&[("PRECALL_SIP_LISTEN", "127.0.0.1:1")], "double underscore"),
             (&[("PRECALL_RTP__PORT_MIN", "abc")], "port_min"),
         ];

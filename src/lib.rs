@@ -8,8 +8,11 @@
 pub mod call;
 pub mod caller_id;
 pub mod callers;
+pub mod clone;
 pub mod config;
+pub mod elevenlabs;
 pub mod media;
 pub mod server;
+pub mod sim;
 pub mod sip;
 pub mod store;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use precall::clone::{CloneConfig, CloneService};
 use precall::config::{LogFormat, Settings};
+use precall::elevenlabs::rest::{Client, ClientConfig};
 use precall::server::{self, Prompts};
 use precall::store::Store;
 use precall::store::writer::{self, WriterConfig};
@@ -33,6 +35,15 @@ enum Command {
     CheckConfig,
     /// Apply database migrations (idempotent) and exit.
     Migrate,
+    /// Run the ElevenLabs simulator on its own (for tests and offline demos).
+    Sim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: std::net::SocketAddr,
+        /// The `xi-api-key` the simulator accepts.
+        #[arg(long, default_value = "sim-key")]
+        api_key: String,
+    },
     /// Manage which voice samples belong to which caller.
     Callers {
         #[command(subcommand)]
@@ -73,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => check_config(&settings),
         Command::Serve => serve(settings),
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&settings))),
+        Command::Sim { listen, api_key } => runtime().and_then(|rt| rt.block_on(simulate(listen, &api_key))),
         Command::Callers { action } => runtime().and_then(|rt| rt.block_on(callers(&settings, action))),
     };
     match result {
@@ -167,6 +179,39 @@ async fn callers(settings: &Settings, action: CallersCommand) -> anyhow::Result<
     Ok(())
 }
 
+async fn simulate(listen: std::net::SocketAddr, api_key: &str) -> anyhow::Result<()> {
+    init_logging_default();
+    let sim = precall::sim::Simulator::start(listen, api_key)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    println!("ElevenLabs simulator on {} (xi-api-key: {api_key})", sim.base_url());
+    wait_for_signal().await;
+    Ok(())
+}
+
+/// The ElevenLabs client: the real API with `elevenlabs.api_key`, or the built-in
+/// simulator on loopback when no key is set (the offline default).
+async fn elevenlabs_client(settings: &Settings) -> anyhow::Result<Client> {
+    let e = &settings.raw.elevenlabs;
+    let (base_url, api_key) = if e.api_key.is_empty() {
+        let key = precall::store::records::new_id();
+        let sim = precall::sim::Simulator::start("127.0.0.1:0".parse()?, &key)
+            .await
+            .context("starting the built-in ElevenLabs simulator")?;
+        tracing::warn!(url = %sim.base_url(), "no ELEVENLABS_API_KEY: voice cloning and TTS use the built-in simulator");
+        (sim.base_url(), key)
+    } else {
+        (e.base_url.clone(), e.api_key.clone())
+    };
+    Client::new(ClientConfig {
+        base_url,
+        api_key,
+        max_concurrent_requests: e.max_concurrent_requests,
+        request_timeout: Duration::from_secs(e.request_timeout_seconds),
+    })
+    .context("building the ElevenLabs client")
+}
+
 fn serve(settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings);
     let prompts = Prompts::load(&settings).context("loading the greeting")?;
@@ -189,7 +234,38 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 max_backoff: Duration::from_secs(5),
             },
         );
-        let handle = server::start(settings, prompts, records.clone()).await?;
+        let client = elevenlabs_client(&settings).await?;
+        let mut prompts = prompts;
+        let greeting = &settings.raw.greeting;
+        if !greeting.message.is_empty() {
+            let voice = if greeting.voice_id.is_empty() {
+                &settings.raw.elevenlabs.default_voice_id
+            } else {
+                &greeting.voice_id
+            };
+            match precall::elevenlabs::render_greeting(&client, &greeting.message, voice, &settings.data_dir).await {
+                Ok(p) => {
+                    tracing::info!(seconds = p.frames() as f64 * 0.02, voice = %voice, "greeting rendered with TTS");
+                    prompts.greeting = p;
+                }
+                Err(e) => tracing::warn!(error = %e, "greeting TTS failed; playing the greeting file instead"),
+            }
+        }
+        let clone = CloneService::new(
+            store.clone(),
+            client,
+            records.clone(),
+            CloneConfig {
+                max_wait: Duration::from_secs(settings.raw.clone.max_wait_seconds),
+                cache_ttl: Duration::from_secs(settings.raw.clone.cache_ttl_hours * 3600),
+                default_voice_id: settings.raw.elevenlabs.default_voice_id.clone(),
+                remove_background_noise: settings.raw.clone.remove_background_noise,
+                data_dir: settings.data_dir.clone(),
+                request_timeout: Duration::from_secs(settings.raw.elevenlabs.request_timeout_seconds),
+            },
+        );
+        clone.spawn_sweeper(Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
+        let handle = server::start(settings, prompts, records.clone(), Some(clone)).await?;
         wait_for_signal().await;
         tracing::info!("shutdown requested");
         handle.shutdown();
@@ -198,6 +274,14 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         store.close().await;
         anyhow::Ok(())
     })
+}
+
+fn init_logging_default() {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn init_logging(settings: &Settings) {

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::call::task::{self, CallContext, CallEvent, SipCommand};
 use crate::call::{CallInput, CallLimits};
+use crate::clone::CloneService;
 use crate::config::Settings;
 use crate::media::prompt::{Player, Prompt, PromptError};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, Refusal, SipEvent};
@@ -88,7 +89,12 @@ impl ServerHandle {
 }
 
 /// Binds the SIP sockets and starts the daemon.
-pub async fn start(settings: Settings, prompts: Prompts, records: RecordSink) -> Result<ServerHandle, ServerError> {
+pub async fn start(
+    settings: Settings,
+    prompts: Prompts,
+    records: RecordSink,
+    clone: Option<CloneService>,
+) -> Result<ServerHandle, ServerError> {
     let addr = settings.sip_listen;
     let (udp, tcp) = transport::bind(addr).await.map_err(|error| ServerError::Bind { addr, error })?;
     let sip_addr = udp.local_addr().map_err(|error| ServerError::Bind { addr, error })?;
@@ -120,6 +126,7 @@ pub async fn start(settings: Settings, prompts: Prompts, records: RecordSink) ->
         cmd_tx,
         draining_since: None,
         records,
+        clone,
         settings,
     };
     let task = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
@@ -150,6 +157,7 @@ struct SipTask {
     cmd_tx: mpsc::Sender<SipCommand>,
     draining_since: Option<Instant>,
     records: RecordSink,
+    clone: Option<CloneService>,
     settings: Settings,
 }
 
@@ -397,6 +405,8 @@ impl SipTask {
             answer_sdp: body.clone().into_bytes(),
             row,
             records: self.records.clone(),
+            clone: self.clone.clone(),
+            self_events: events_tx.clone(),
         };
         if answer_delay.is_zero() {
             self.endpoint.accept(now, call, body.as_bytes());

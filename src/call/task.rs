@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::{Call, CallAction, CallInput, CallLimits, EndReason};
+use crate::clone::{CloneService, Resolution};
 use crate::media::prompt::Player;
 use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
@@ -37,6 +38,8 @@ pub enum CallEvent {
     AckBody(Bytes),
     /// A re-INVITE/UPDATE offer to answer.
     Reoffer(Bytes),
+    /// The clone service decided the call's voice.
+    CloneResolved(Resolution),
 }
 
 /// Everything a call task needs, prepared by the SIP task when it admits a call.
@@ -59,6 +62,10 @@ pub struct CallContext {
     /// The call's `call_log` row so far (revision 1, started).
     pub row: CallRow,
     pub records: RecordSink,
+    /// Starts on answer; `None` runs the call without cloning.
+    pub clone: Option<CloneService>,
+    /// This call's own event queue, for the clone task to report back on.
+    pub self_events: mpsc::Sender<CallEvent>,
 }
 
 /// The outbound media of a call: the paced sender and where it sends.
@@ -96,6 +103,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         if ctx.negotiated.is_some() {
             call.handle(created, CallInput::Answered);
         }
+        start_clone(&ctx, created);
     } else {
         answer_at = Some(created + ctx.answer_delay);
     }
@@ -137,7 +145,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
 
     let stats = receiver.stats();
     let mut row = std::mem::take(&mut ctx.row);
-    row.revision = 3;
+    row.revision += 1;
     row.ended_at = Some(now_ms());
     row.end_reason = Some(reason.as_str().to_owned());
     if media.started.is_some() {
@@ -197,9 +205,10 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         *answer_at = None;
         let sdp = std::mem::take(&mut ctx.answer_sdp);
         let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp }).await;
-        ctx.row.revision = 2;
+        ctx.row.revision += 1;
         ctx.row.answered_at = Some(now_ms());
         ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+        start_clone(ctx, now);
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
         }
@@ -276,6 +285,13 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
                 call.handle(now, CallInput::Shutdown);
             }
         },
+        Some(CallEvent::CloneResolved(r)) => {
+            tracing::info!(call = %ctx.key, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
+            ctx.row.revision += 1;
+            ctx.row.clone_outcome = Some(r.outcome.as_str().to_owned());
+            ctx.row.voice_id = Some(r.voice_id);
+            ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+        }
         Some(CallEvent::Reoffer(body)) => {
             let answer = reoffer(ctx, &body);
             if let Ok((n, _)) = &answer {
@@ -292,6 +308,19 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             let _ = ctx.commands.send(SipCommand::AnswerReoffer { call: ctx.key, answer }).await;
         }
     }
+}
+
+/// Starts resolving the call's voice in the background; the greeting keeps
+/// playing meanwhile, and the answer comes back as [`CallEvent::CloneResolved`].
+fn start_clone(ctx: &CallContext, started: Instant) {
+    let Some(service) = ctx.clone.clone() else { return };
+    let events = ctx.self_events.clone();
+    let call_id = ctx.row.call_id.clone();
+    let caller = ctx.row.caller.clone();
+    tokio::spawn(async move {
+        let resolution = service.resolve(&call_id, caller.as_deref(), started).await;
+        let _ = events.send(CallEvent::CloneResolved(resolution)).await;
+    });
 }
 
 fn set_direction(call: &mut Call, now: Instant, ours: Direction) {

@@ -199,6 +199,50 @@ impl Store {
         rows.iter().map(cached_voice).collect()
     }
 
+    /// The cache entry for a caller whatever its state (to delete a replaced voice).
+    pub async fn cached_voice_any(&self, caller_id: &str) -> Result<Option<CachedVoice>, StoreError> {
+        let row =
+            sqlx::query("SELECT caller_id, voice_id, sample_hash, created_at, expires_at FROM voice_clone_cache WHERE caller_id = $1")
+                .bind(caller_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| cached_voice(&r)).transpose()
+    }
+
+    /// Removes the entry only if it still holds `voice_id` (a newer clone may have
+    /// replaced it meanwhile).
+    pub async fn remove_cached_voice_if(&self, caller_id: &str, voice_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM voice_clone_cache WHERE caller_id = $1 AND voice_id = $2")
+            .bind(caller_id)
+            .bind(voice_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// On PostgreSQL, a session advisory lock on the caller: held while this node
+    /// clones, so no other node clones the same caller. The connection is closed
+    /// (not returned to the pool) when the lock is dropped, which releases it even
+    /// if this task dies. `None` when another node holds it. On SQLite (one node)
+    /// there is nothing to lock: `Ok(None)`.
+    pub async fn try_clone_lock(&self, caller_id: &str) -> Result<Option<CloneLock>, StoreError> {
+        if self.backend != super::Backend::Postgres {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let key = lock_key(caller_id);
+        let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        let locked: bool = row.try_get("locked")?;
+        if !locked {
+            return Ok(None);
+        }
+        conn.close_on_drop();
+        Ok(Some(CloneLock { _conn: conn }))
+    }
+
     pub async fn remove_cached_voice(&self, caller_id: &str) -> Result<bool, StoreError> {
         let r = sqlx::query("DELETE FROM voice_clone_cache WHERE caller_id = $1")
             .bind(caller_id)
@@ -517,6 +561,20 @@ fn mapping(r: &AnyRow) -> Result<CallerMapping, StoreError> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
+}
+
+/// A held cluster-wide clone lock (see [`Store::try_clone_lock`]).
+pub struct CloneLock {
+    _conn: sqlx::pool::PoolConnection<Any>,
+}
+
+/// A stable 64-bit key for a caller id (FNV-1a), namespaced so it cannot collide
+/// with other users of advisory locks that pick small integers.
+fn lock_key(caller_id: &str) -> i64 {
+    let h = format!("precall-clone:{caller_id}")
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    h as i64
 }
 
 fn cached_voice(r: &AnyRow) -> Result<CachedVoice, StoreError> {

@@ -51,6 +51,16 @@ pub async fn start_daemon(tweak: impl FnOnce(&mut RawSettings)) -> TestDaemon {
 }
 
 pub async fn start_with(settings: Settings, dir: tempfile::TempDir) -> TestDaemon {
+    start_full(settings, dir, |_, _| None).await
+}
+
+/// Starts a daemon whose calls clone voices through a service built by `clone`
+/// from the daemon's store and record sink.
+pub async fn start_full(
+    settings: Settings,
+    dir: tempfile::TempDir,
+    clone: impl FnOnce(&Store, &RecordSink) -> Option<precall::clone::CloneService>,
+) -> TestDaemon {
     let prompts = Prompts::load(&settings).expect("greeting loads");
     let store = Store::connect_lazy(&settings.database_url, 4).expect("store");
     let records = writer::spawn(
@@ -65,7 +75,8 @@ pub async fn start_with(settings: Settings, dir: tempfile::TempDir) -> TestDaemo
             max_backoff: Duration::from_millis(500),
         },
     );
-    let handle = server::start(settings.clone(), prompts.clone(), records.clone())
+    let clone = clone(&store, &records);
+    let handle = server::start(settings.clone(), prompts.clone(), records.clone(), clone)
         .await
         .expect("daemon starts");
     TestDaemon {
