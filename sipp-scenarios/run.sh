@@ -37,7 +37,13 @@ start_daemon() { # name listen extra-env...
   echo "run.sh: $name did not start:" >&2; cat "$LOGS/$name.log" >&2; exit 1
 }
 
-start_daemon main 127.0.0.1:5070 PRECALL_RTP__PORT_MIN=30000 PRECALL_RTP__PORT_MAX=30998
+# The main daemon clones voices through the built-in ElevenLabs simulator (no API
+# key). SIPp's first caller (+15550001) has a voice sample; the others have none.
+MAIN_DATA="$PWD/$LOGS/main-data"
+rm -rf "$MAIN_DATA"
+PRECALL_DATA__DIR="$MAIN_DATA" "$BIN" callers add +15550001 audio/caller-pcmu.wav --name "SIPp caller one" >"$LOGS/callers.out" 2>&1 \
+  || { echo "run.sh: precall callers add failed:"; cat "$LOGS/callers.out"; exit 1; }
+start_daemon main 127.0.0.1:5070 PRECALL_RTP__PORT_MIN=30000 PRECALL_RTP__PORT_MAX=30998 PRECALL_DATA__DIR="$MAIN_DATA"
 start_daemon ringing 127.0.0.1:5072 PRECALL_RTP__PORT_MIN=31000 PRECALL_RTP__PORT_MAX=31998 PRECALL_SIP__ANSWER_DELAY_MS=3000
 
 FAILED=0
@@ -64,6 +70,20 @@ echo "== precall log: $ENDED calls ended by caller BYE; $LOW with fewer than 150
 [ "$ENDED" -eq 52 ] || { echo "   expected 52"; FAILED=1; }
 [ "$LOW" -eq 0 ] || { echo "   every call should carry ~200 packets of SIPp audio"; FAILED=1; }
 if grep -q "call ended.*reason=cancelled" "$LOGS/ringing.log"; then echo "   cancelled call recorded as cancelled"; else echo "   cancelled call not recorded"; FAILED=1; fi
+# call_log: the mapped caller's first call cloned, its later calls hit the cache,
+# every other caller is unmapped, and nothing is missing.
+kill "${PIDS[0]}" && wait "${PIDS[0]}" 2>/dev/null || true
+OUTCOMES=$(python3 - "$MAIN_DATA/precall.db" <<'PY'
+import sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute("select caller, clone_outcome from call_log").fetchall()
+mapped = [o for c, o in rows if c == "+15550001"]
+others = [o for c, o in rows if c != "+15550001"]
+ok = mapped[:1] == ["cloned"] and set(mapped[1:]) <= {"cache_hit"} and len(mapped) >= 2 and set(others) == {"unmapped"} and len(rows) == 52
+print(f"{'ok' if ok else 'BAD'}: {len(rows)} calls; +15550001: {mapped}; others: {sorted(set(others))}")
+PY
+)
+echo "== call_log clone outcomes: $OUTCOMES"
+case $OUTCOMES in ok*) ;; *) FAILED=1 ;; esac
 if grep -qiE "panicked|ERROR" "$LOGS"/*.log; then echo "   errors in precall logs"; grep -iE "panicked|ERROR" "$LOGS"/*.log | head; FAILED=1; fi
 
 if [ "$FAILED" -ne 0 ]; then echo "SIPp suite FAILED"; exit 1; fi

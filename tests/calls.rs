@@ -322,3 +322,81 @@ async fn wait_idle(daemon: &common::TestDaemon) {
     }
     panic!("calls did not end");
 }
+
+#[tokio::test]
+async fn a_mapped_caller_ends_cloned_and_an_unmapped_one_unmapped() {
+    use precall::clone::{CloneConfig, CloneService};
+    use precall::elevenlabs::rest::{Client, ClientConfig};
+    let sim = precall::sim::Simulator::start("127.0.0.1:0".parse().unwrap(), "k").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = precall::config::RawSettings::default();
+    raw.sip.listen = "127.0.0.1:0".into();
+    raw.data.dir = dir.path().to_string_lossy().into_owned();
+    raw.rtp.port_min = 41000;
+    raw.rtp.port_max = 41098;
+    let settings = precall::config::Settings::compile(raw).unwrap();
+    let data_dir = settings.data_dir.clone();
+    let base = sim.base_url();
+    let daemon = common::start_full(settings, dir, move |store, sink| {
+        let client = Client::new(ClientConfig {
+            base_url: base,
+            api_key: "k".into(),
+            max_concurrent_requests: 2,
+            request_timeout: SEC * 5,
+        })
+        .unwrap();
+        Some(CloneService::new(
+            store.clone(),
+            client,
+            sink.clone(),
+            CloneConfig {
+                max_wait: SEC * 5,
+                cache_ttl: SEC * 3600,
+                default_voice_id: "default".into(),
+                remove_background_noise: false,
+                data_dir,
+                request_timeout: SEC * 5,
+            },
+        ))
+    })
+    .await;
+    daemon.store.migrate().await.unwrap();
+    let wav = daemon.settings.data_dir.join("alice.wav");
+    std::fs::write(&wav, b"RIFF\x24\0\0\0WAVEfmt alice").unwrap();
+    // The test caller's From is +15551234567.
+    precall::callers::add(&daemon.store, &daemon.settings.data_dir, "+15551234567", &[wav], None, None)
+        .await
+        .unwrap();
+
+    let mut mapped = Caller::udp(daemon.sip_addr).await;
+    mapped.invite(&offer(mapped.rtp_port(), "0", "sendrecv")).await;
+    mapped.final_response(SEC).await;
+    mapped.ack("").await;
+    // The greeting plays while the clone runs.
+    assert!(mapped.recv_rtp(SEC).await.is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mapped.bye().await.status(), Some(200));
+
+    let mut unmapped = Caller::udp(daemon.sip_addr).await;
+    let invite = unmapped
+        .invite_text(&offer(unmapped.rtp_port(), "0", "sendrecv"), "")
+        .replace("+15551234567", "+15559990000");
+    unmapped.send(&invite).await;
+    unmapped.final_response(SEC).await;
+    unmapped.ack("").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(unmapped.bye().await.status(), Some(200));
+    wait_idle(&daemon).await;
+    assert!(daemon.records.flush(SEC * 5).await);
+
+    let row = daemon.store.call_by_external_id(&mapped.call_id).await.unwrap().unwrap().row;
+    assert_eq!(row.clone_outcome.as_deref(), Some("cloned"), "{row:?}");
+    assert!(row.voice_id.as_deref().is_some_and(|v| v.starts_with("sim")), "{row:?}");
+    assert_eq!(row.caller.as_deref(), Some("+15551234567"));
+    let row = daemon.store.call_by_external_id(&unmapped.call_id).await.unwrap().unwrap().row;
+    assert_eq!(
+        (row.clone_outcome.as_deref(), row.voice_id.as_deref()),
+        (Some("unmapped"), Some("default"))
+    );
+    assert_eq!(sim.requests().len(), 1);
+}
