@@ -243,7 +243,8 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             } else {
                 &greeting.voice_id
             };
-            match precall::elevenlabs::render_greeting(&client, &greeting.message, voice, &settings.data_dir).await {
+            match precall::elevenlabs::render_greeting(&client, &greeting.message, voice, &settings.data_dir, Duration::from_secs(10)).await
+            {
                 Ok(p) => {
                     tracing::info!(seconds = p.frames() as f64 * 0.02, voice = %voice, "greeting rendered with TTS");
                     prompts.greeting = p;

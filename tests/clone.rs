@@ -446,3 +446,51 @@ async fn the_simulator_is_strict_about_requests() {
         matches!(good.delete_voice(&created.voice_id, deadline).await, Err(ApiError::Http { status: 400, code: Some(c), .. }) if c == "voice_not_found")
     );
 }
+
+#[tokio::test]
+async fn greeting_tts_is_rendered_once_cached_and_in_the_voice_asked_for() {
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = precall::elevenlabs::render_greeting(
+        &client(&sim, KEY),
+        "Hello, thanks for calling.",
+        "voiceA",
+        dir.path(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert!(prompt.frames() > 50, "{} frames", prompt.frames());
+    // The simulator speaks each voice at its own pitch: the audio is voiceA's.
+    let pcm = prompt.pcm();
+    let strength = |hz: f64| {
+        let (mut re, mut im) = (0f64, 0f64);
+        for (n, s) in pcm.iter().enumerate().take(8000) {
+            let ph = 2.0 * std::f64::consts::PI * hz * n as f64 / 8000.0;
+            re += f64::from(*s) * ph.cos();
+            im += f64::from(*s) * ph.sin();
+        }
+        (re * re + im * im).sqrt()
+    };
+    let own = strength(precall::sim::voice_pitch_hz("voiceA"));
+    let other = strength(precall::sim::voice_pitch_hz("voiceB"));
+    assert!(own > 10.0 * other, "voiceA's pitch dominates: {own} vs {other}");
+    // Cached on disk: a second start renders without ElevenLabs.
+    let offline = Client::new(ClientConfig {
+        base_url: "http://127.0.0.1:9".into(),
+        api_key: KEY.into(),
+        max_concurrent_requests: 1,
+        request_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let again = precall::elevenlabs::render_greeting(&offline, "Hello, thanks for calling.", "voiceA", dir.path(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(again.pcm(), prompt.pcm());
+    // Another text is not in the cache, and fails cleanly without ElevenLabs.
+    assert!(
+        precall::elevenlabs::render_greeting(&offline, "Other text", "voiceA", dir.path(), Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+}

@@ -15,7 +15,9 @@ use rest::{ApiError, Client, TtsFormat};
 /// Renders the greeting text with TTS once, cached on disk under
 /// `<data>/tts/<sha256(text, voice, format)>.ulaw` so restarts do not pay for it
 /// again. μ-law 8 kHz is what the phone line plays, so no resampling is needed.
-pub async fn render_greeting(client: &Client, text: &str, voice_id: &str, data_dir: &Path) -> Result<Prompt, ApiError> {
+/// Gives up (and lets the caller fall back to the greeting file) after `budget`,
+/// retries included, so a slow or unreachable API cannot hold up the daemon's start.
+pub async fn render_greeting(client: &Client, text: &str, voice_id: &str, data_dir: &Path, budget: Duration) -> Result<Prompt, ApiError> {
     let format = TtsFormat::Ulaw8000;
     let key = {
         let mut h = Sha256::new();
@@ -29,7 +31,7 @@ pub async fn render_greeting(client: &Client, text: &str, voice_id: &str, data_d
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) if !b.is_empty() => b,
         _ => {
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + budget;
             let (r, _) = client.with_retry(deadline, || client.tts(voice_id, text, format, deadline)).await;
             let b = r?;
             if b.is_empty() {
