@@ -16,3 +16,4 @@ pub mod server;
 pub mod sim;
 pub mod sip;
 pub mod store;
+pub mod systemd;

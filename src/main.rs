@@ -213,9 +213,10 @@ async fn elevenlabs_client(settings: &Settings) -> anyhow::Result<Client> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_logging(&settings);
+    let log_reload = init_logging(&settings);
     let prompts = Prompts::load(&settings).context("loading the greeting")?;
     prepare_data_dir(&settings)?;
+    let config_file = settings_file();
     runtime()?.block_on(async move {
         // A lazy pool: calls are answered even while the database is down; the
         // writer migrates, replays and retries in the background.
@@ -267,8 +268,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         clone.spawn_sweeper(Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
         let handle = server::start(settings, prompts, records.clone(), Some(clone)).await?;
-        wait_for_signal().await;
+        // READY only once SIP listens and the database is migrated (the writer is
+        // ready when its first flush completes).
+        while !records.flush(Duration::from_secs(5)).await {
+            tracing::warn!("waiting for the database before telling systemd we are ready");
+        }
+        precall::systemd::ready(&format!("listening on {}", handle.sip_addr));
+        precall::systemd::spawn_status_and_watchdog(handle.stats.clone());
+        while let Signal::Reload = next_signal().await {
+            reload(&config_file, &handle, &log_reload);
+        }
         tracing::info!("shutdown requested");
+        precall::systemd::stopping("draining calls");
         handle.shutdown();
         handle.wait().await;
         records.shutdown(Duration::from_secs(10)).await;
@@ -276,6 +287,40 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// The config file `serve` was started with, so SIGHUP re-reads the same one.
+fn settings_file() -> Option<PathBuf> {
+    Cli::parse().config
+}
+
+/// SIGHUP: re-read the settings; swap the greeting/hold audio for new calls and
+/// the log level. Live calls are untouched. A bad new setting keeps the old ones.
+fn reload(file: &Option<PathBuf>, handle: &server::ServerHandle, log: &LogReload) {
+    precall::systemd::reloading("reloading");
+    match Settings::load(file.as_deref()) {
+        Ok(settings) => {
+            match Prompts::load(&settings) {
+                Ok(p) => {
+                    handle.reload_prompts(p);
+                    tracing::info!("greeting and hold audio reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "reload: keeping the current greeting"),
+            }
+            match EnvFilter::try_new(&settings.raw.log.level) {
+                Ok(f) => {
+                    if log.reload(f).is_ok() {
+                        tracing::info!(level = %settings.raw.log.level, "log level reloaded");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reload: keeping the current log level"),
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reload: invalid settings, nothing changed"),
+    }
+    precall::systemd::ready("reloaded");
+}
+
+type LogReload = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 fn init_logging_default() {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -285,17 +330,51 @@ fn init_logging_default() {
         .try_init();
 }
 
-fn init_logging(settings: &Settings) {
+fn init_logging(settings: &Settings) -> LogReload {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&settings.raw.log.level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)),
+            None,
+        ),
+        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))),
+    };
+    tracing_subscriber::registry().with(filter).with(text).with(json).init();
+    handle
+}
+
+enum Signal {
+    Reload,
+    Stop,
+}
+
+async fn next_signal() -> Signal {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return Signal::Stop;
+        };
+        tokio::select! {
+            _ = term.recv() => Signal::Stop,
+            _ = int.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
 }
 

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -66,17 +66,27 @@ pub struct Stats {
     pub calls_total: AtomicU64,
     pub calls_rejected: AtomicU64,
     pub draining: AtomicBool,
+    /// Bumped by every turn of the SIP task's loop (at least once a second): the
+    /// systemd watchdog pings only while it moves.
+    pub heartbeat: AtomicU64,
 }
 
 /// A running daemon.
 pub struct ServerHandle {
     pub sip_addr: SocketAddr,
     pub stats: Arc<Stats>,
+    prompts: Arc<RwLock<Prompts>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl ServerHandle {
+    /// Replaces the greeting and hold audio for calls that start from now on
+    /// (SIGHUP); live calls keep what they are playing.
+    pub fn reload_prompts(&self, prompts: Prompts) {
+        *self.prompts.write().unwrap_or_else(|p| p.into_inner()) = prompts;
+    }
+
     /// Starts draining: new calls get 503, live calls get `drain_seconds`, then BYE.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -113,6 +123,7 @@ pub async fn start(
         public_addr: settings.public_addr,
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(8192);
+    let prompts = Arc::new(RwLock::new(prompts));
     let task = SipTask {
         endpoint,
         udp: Arc::new(udp),
@@ -121,7 +132,7 @@ pub async fn start(
         calls: HashMap::new(),
         local_ips: HashMap::new(),
         ports: PortPool::new(settings.rtp_ports, sip_addr.ip()),
-        prompts,
+        prompts: prompts.clone(),
         stats: stats.clone(),
         cmd_tx,
         draining_since: None,
@@ -134,6 +145,7 @@ pub async fn start(
     Ok(ServerHandle {
         sip_addr,
         stats,
+        prompts,
         shutdown,
         task,
     })
@@ -152,7 +164,7 @@ struct SipTask {
     /// Peer IP → our source IP towards it (when listening on 0.0.0.0).
     local_ips: HashMap<IpAddr, IpAddr>,
     ports: PortPool,
-    prompts: Prompts,
+    prompts: Arc<RwLock<Prompts>>,
     stats: Arc<Stats>,
     cmd_tx: mpsc::Sender<SipCommand>,
     draining_since: Option<Instant>,
@@ -176,7 +188,9 @@ impl SipTask {
         let mut hung_up = false;
         loop {
             let now = Instant::now();
-            let mut wake = self.endpoint.poll_timeout().unwrap_or(now + far);
+            self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
+            // Wake at least once a second so the heartbeat shows the task is alive.
+            let mut wake = self.endpoint.poll_timeout().unwrap_or(now + far).min(now + Duration::from_secs(1));
             if let Some(since) = self.draining_since {
                 let drain_end = since + Duration::from_secs(self.settings.raw.limits.drain_seconds);
                 if now >= drain_end && !hung_up {
@@ -394,7 +408,10 @@ impl SipTask {
             socket,
             local,
             negotiated,
-            player: Player::new(self.prompts.greeting.clone(), self.prompts.hold.clone()),
+            player: {
+                let p = self.prompts.read().unwrap_or_else(|p| p.into_inner());
+                Player::new(p.greeting.clone(), p.hold.clone())
+            },
             limits: CallLimits {
                 max_duration: Duration::from_secs(self.settings.raw.limits.max_call_seconds),
                 rtp_timeout: Duration::from_secs(self.settings.raw.rtp.timeout_seconds),
