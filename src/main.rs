@@ -43,6 +43,9 @@ enum Command {
         /// The `xi-api-key` the simulator accepts.
         #[arg(long, default_value = "sim-key")]
         api_key: String,
+        /// Delay before answering each voice clone, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        clone_latency_ms: u64,
     },
     /// Manage which voice samples belong to which caller.
     Callers {
@@ -84,7 +87,9 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => check_config(&settings),
         Command::Serve => serve(settings),
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&settings))),
-        Command::Sim { listen, api_key } => runtime().and_then(|rt| rt.block_on(simulate(listen, &api_key))),
+        Command::Sim { listen, api_key, clone_latency_ms } => {
+            runtime().and_then(|rt| rt.block_on(simulate(listen, &api_key, Duration::from_millis(clone_latency_ms))))
+        }
         Command::Callers { action } => runtime().and_then(|rt| rt.block_on(callers(&settings, action))),
     };
     match result {
@@ -179,11 +184,10 @@ async fn callers(settings: &Settings, action: CallersCommand) -> anyhow::Result<
     Ok(())
 }
 
-async fn simulate(listen: std::net::SocketAddr, api_key: &str) -> anyhow::Result<()> {
+async fn simulate(listen: std::net::SocketAddr, api_key: &str, clone_latency: Duration) -> anyhow::Result<()> {
     init_logging_default();
-    let sim = precall::sim::Simulator::start(listen, api_key)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let sim = precall::sim::Simulator::start(listen, api_key).await.with_context(|| format!("listening on {listen}"))?;
+    sim.set_knobs(precall::sim::Knobs { clone_latency, ..Default::default() });
     println!("ElevenLabs simulator on {} (xi-api-key: {api_key})", sim.base_url());
     wait_for_signal().await;
     Ok(())
