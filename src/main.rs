@@ -87,9 +87,11 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => check_config(&settings),
         Command::Serve => serve(settings),
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&settings))),
-        Command::Sim { listen, api_key, clone_latency_ms } => {
-            runtime().and_then(|rt| rt.block_on(simulate(listen, &api_key, Duration::from_millis(clone_latency_ms))))
-        }
+        Command::Sim {
+            listen,
+            api_key,
+            clone_latency_ms,
+        } => runtime().and_then(|rt| rt.block_on(simulate(listen, &api_key, Duration::from_millis(clone_latency_ms)))),
         Command::Callers { action } => runtime().and_then(|rt| rt.block_on(callers(&settings, action))),
     };
     match result {
@@ -186,8 +188,13 @@ async fn callers(settings: &Settings, action: CallersCommand) -> anyhow::Result<
 
 async fn simulate(listen: std::net::SocketAddr, api_key: &str, clone_latency: Duration) -> anyhow::Result<()> {
     init_logging_default();
-    let sim = precall::sim::Simulator::start(listen, api_key).await.with_context(|| format!("listening on {listen}"))?;
-    sim.set_knobs(precall::sim::Knobs { clone_latency, ..Default::default() });
+    let sim = precall::sim::Simulator::start(listen, api_key)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    sim.set_knobs(precall::sim::Knobs {
+        clone_latency,
+        ..Default::default()
+    });
     println!("ElevenLabs simulator on {} (xi-api-key: {api_key})", sim.base_url());
     wait_for_signal().await;
     Ok(())
