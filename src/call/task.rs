@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{Call, CallAction, CallInput, CallLimits, EndReason};
 use crate::clone::{CloneService, Resolution};
+use crate::media::dtmf::DtmfReceiver;
 use crate::media::prompt::Player;
 use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
@@ -78,6 +79,9 @@ struct MediaOut {
     ignored: u64,
     started: Option<Instant>,
     stopped: bool,
+    dtmf: DtmfReceiver,
+    /// Digits the caller pressed (RFC 4733), first 64 kept.
+    digits: String,
 }
 
 /// Runs one call to its end, then reports it finished.
@@ -93,6 +97,8 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         ignored: 0,
         started: None,
         stopped: false,
+        dtmf: DtmfReceiver::default(),
+        digits: String::new(),
     };
     let mut recv_buf = [0u8; 2048];
     tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
@@ -171,6 +177,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         rtp_in_ignored = media.ignored,
         rtp_in_ssrc_changes = stats.ssrc_changes,
         rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
+        dtmf = %media.digits,
         "call ended"
     );
     let _ = ctx.commands.send(SipCommand::Finished { call: ctx.key }).await;
@@ -246,10 +253,11 @@ fn inbound_rtp(
     from: SocketAddr,
     now: Instant,
 ) {
-    let Ok(header) = RtpPacket::parse(data).map(|p| p.header) else {
+    let Ok(packet) = RtpPacket::parse(data) else {
         receiver.count_malformed();
         return;
     };
+    let header = packet.header;
     let payload_ok = ctx
         .negotiated
         .is_some_and(|n| header.payload_type == n.payload_type || Some(header.payload_type) == n.telephone_event);
@@ -262,6 +270,13 @@ fn inbound_rtp(
             }
             let _ = receiver.on_datagram(now, data);
             call.on_rtp(now);
+            let is_event = ctx.negotiated.is_some_and(|n| Some(header.payload_type) == n.telephone_event);
+            if is_event && let Some(digit) = media.dtmf.on_packet(header.timestamp, packet.payload) {
+                tracing::debug!(call = %ctx.key, %digit, "DTMF");
+                if media.digits.len() < 64 {
+                    media.digits.push(digit);
+                }
+            }
         }
         Latch::Ignore => media.ignored += 1,
     }

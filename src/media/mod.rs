@@ -1,6 +1,7 @@
 //! The media plane: G.711, RTP packets, the paced sender, the receiver's
 //! statistics and the prompt player. Nothing here allocates or locks per packet.
 
+pub mod dtmf;
 pub mod g711;
 pub mod prompt;
 pub mod rtp;
