@@ -268,7 +268,7 @@ fn inbound_rtp(
                 tracing::debug!(call = %ctx.key, sdp = ?media.dest, actual = %send_to, "latching RTP to the caller's source address");
                 media.dest = Some(send_to);
             }
-            let _ = receiver.on_datagram(now, data);
+            receiver.on_packet(now, &packet);
             call.on_rtp(now);
             let is_event = ctx.negotiated.is_some_and(|n| Some(header.payload_type) == n.telephone_event);
             if is_event && let Some(digit) = media.dtmf.on_packet(header.timestamp, packet.payload) {

@@ -179,13 +179,21 @@ impl RtpReceiver {
 
     /// Accounts for one datagram; malformed ones are counted and returned as errors.
     pub fn on_datagram<'a>(&mut self, now: Instant, data: &'a [u8]) -> Result<RtpPacket<'a>, RtpError> {
-        let packet = match RtpPacket::parse(data) {
-            Ok(p) => p,
+        match RtpPacket::parse(data) {
+            Ok(packet) => {
+                self.on_packet(now, &packet);
+                Ok(packet)
+            }
             Err(e) => {
                 self.stats.malformed += 1;
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Accounts for a packet the caller has already parsed (the hot path parses
+    /// each datagram once).
+    pub fn on_packet(&mut self, now: Instant, packet: &RtpPacket<'_>) {
         let h = packet.header;
         if self.ssrc != Some(h.ssrc) {
             if self.ssrc.is_some() {
@@ -228,7 +236,6 @@ impl RtpReceiver {
         }
         self.last_transit = Some(transit);
         self.last_packet = Some(now);
-        Ok(packet)
     }
 
     fn expected_this_ssrc(&self) -> u64 {
