@@ -101,6 +101,24 @@ pub struct ElevenLabsSection {
     pub max_concurrent_requests: usize,
     /// Upper bound for one HTTP request.
     pub request_timeout_seconds: u64,
+    /// The Conversational AI agent calls are bridged to. Empty with an API key:
+    /// calls stay on the greeting and hold audio (no agent).
+    pub agent_id: String,
+    /// The agent has authentication enabled: fetch a signed URL per call.
+    pub private_agent: bool,
+    /// WebSocket base; empty = derived from `base_url` (https → wss).
+    pub ws_url: String,
+    /// Overrides sent in the initiation (each must be allowed in the agent's security settings).
+    pub agent_first_message: String,
+    pub agent_prompt: String,
+    pub agent_language: String,
+    /// The client tool the agent calls to transfer the caller (parameter `destination`).
+    pub transfer_tool_name: String,
+    pub agent_connect_timeout_seconds: u64,
+    /// No message from the agent for this long counts as a lost connection (it pings every few seconds).
+    pub agent_idle_timeout_seconds: u64,
+    /// How far ahead of playback agent audio may queue per call.
+    pub agent_max_queue_seconds: u32,
 }
 
 impl Default for ElevenLabsSection {
@@ -111,6 +129,16 @@ impl Default for ElevenLabsSection {
             default_voice_id: "21m00Tcm4TlvDq8ikWAM".into(),
             max_concurrent_requests: 4,
             request_timeout_seconds: 30,
+            agent_id: String::new(),
+            private_agent: false,
+            ws_url: String::new(),
+            agent_first_message: String::new(),
+            agent_prompt: String::new(),
+            agent_language: String::new(),
+            transfer_tool_name: "transfer_call".into(),
+            agent_connect_timeout_seconds: 10,
+            agent_idle_timeout_seconds: 30,
+            agent_max_queue_seconds: 120,
         }
     }
 }
@@ -300,6 +328,7 @@ impl Settings {
         for (seed, key) in [
             ("ELEVENLABS_API_KEY", "PRECALL_ELEVENLABS__API_KEY"),
             ("CLONE_MAX_WAIT_SECONDS", "PRECALL_CLONE__MAX_WAIT_SECONDS"),
+            ("ELEVENLABS_AGENT_ID", "PRECALL_ELEVENLABS__AGENT_ID"),
             ("GREETING_MESSAGE", "PRECALL_GREETING__MESSAGE"),
             ("GREETING_VOICE_ID", "PRECALL_GREETING__VOICE_ID"),
             ("GREETING_MUSIC_ENABLED", "PRECALL_GREETING__MUSIC_ENABLED"),
@@ -419,6 +448,19 @@ impl Settings {
             return Err(invalid(
                 "elevenlabs.base_url",
                 format!("{:?} is not an http(s) URL", raw.elevenlabs.base_url),
+            ));
+        }
+        if raw.elevenlabs.agent_connect_timeout_seconds == 0 || raw.elevenlabs.agent_idle_timeout_seconds == 0 {
+            return Err(invalid(
+                "elevenlabs.agent_connect_timeout_seconds/agent_idle_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if !raw.elevenlabs.ws_url.is_empty() && !raw.elevenlabs.ws_url.starts_with("ws://") && !raw.elevenlabs.ws_url.starts_with("wss://")
+        {
+            return Err(invalid(
+                "elevenlabs.ws_url",
+                format!("{:?} is not a ws(s) URL", raw.elevenlabs.ws_url),
             ));
         }
         if raw.elevenlabs.max_concurrent_requests == 0 || raw.elevenlabs.request_timeout_seconds == 0 {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use precall::clone::{CloneConfig, CloneService};
 use precall::config::{LogFormat, Settings};
 use precall::elevenlabs::rest::{Client, ClientConfig};
+use precall::elevenlabs::ws::AgentConfig;
 use precall::server::{self, Prompts};
 use precall::store::Store;
 use precall::store::writer::{self, WriterConfig};
@@ -202,25 +203,35 @@ async fn simulate(listen: std::net::SocketAddr, api_key: &str, clone_latency: Du
 
 /// The ElevenLabs client: the real API with `elevenlabs.api_key`, or the built-in
 /// simulator on loopback when no key is set (the offline default).
-async fn elevenlabs_client(settings: &Settings) -> anyhow::Result<Client> {
+async fn elevenlabs_client(settings: &Settings) -> anyhow::Result<(Client, Option<AgentConfig>)> {
     let e = &settings.raw.elevenlabs;
+    let mut agent_id = e.agent_id.clone();
     let (base_url, api_key) = if e.api_key.is_empty() {
         let key = precall::store::records::new_id();
         let sim = precall::sim::Simulator::start("127.0.0.1:0".parse()?, &key)
             .await
             .context("starting the built-in ElevenLabs simulator")?;
-        tracing::warn!(url = %sim.base_url(), "no ELEVENLABS_API_KEY: voice cloning and TTS use the built-in simulator");
+        tracing::warn!(url = %sim.base_url(), "no ELEVENLABS_API_KEY: voice cloning, TTS and the agent are the built-in simulator's");
+        if agent_id.is_empty() {
+            agent_id = precall::sim::AGENT_ID.to_owned();
+        }
         (sim.base_url(), key)
     } else {
         (e.base_url.clone(), e.api_key.clone())
     };
-    Client::new(ClientConfig {
-        base_url,
+    let client = Client::new(ClientConfig {
+        base_url: base_url.clone(),
         api_key,
         max_concurrent_requests: e.max_concurrent_requests,
         request_timeout: Duration::from_secs(e.request_timeout_seconds),
     })
-    .context("building the ElevenLabs client")
+    .context("building the ElevenLabs client")?;
+    let agent = AgentConfig::from_section(e, &base_url, &agent_id, Some(client.clone()));
+    match &agent {
+        Some(a) => tracing::info!(agent = %a.agent_id, ws = %a.ws_base, private = a.private, "calls are bridged to the agent"),
+        None => tracing::warn!("no elevenlabs.agent_id (ELEVENLABS_AGENT_ID): calls stay on the greeting and hold audio"),
+    }
+    Ok((client, agent))
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -246,7 +257,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 max_backoff: Duration::from_secs(5),
             },
         );
-        let client = elevenlabs_client(&settings).await?;
+        let (client, agent) = elevenlabs_client(&settings).await?;
         let mut prompts = prompts;
         let greeting = &settings.raw.greeting;
         if !greeting.message.is_empty() {
@@ -278,7 +289,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             },
         );
         clone.spawn_sweeper(Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
-        let handle = server::start(settings, prompts, records.clone(), Some(clone)).await?;
+        let handle = server::start(settings, prompts, records.clone(), Some(clone), agent).await?;
         // READY only once SIP listens and the database is migrated (the writer is
         // ready when its first flush completes).
         while !records.flush(Duration::from_secs(5)).await {

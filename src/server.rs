@@ -20,6 +20,7 @@ use crate::call::task::{self, CallContext, CallEvent, SipCommand};
 use crate::call::{CallInput, CallLimits};
 use crate::clone::CloneService;
 use crate::config::Settings;
+use crate::elevenlabs::ws::AgentConfig;
 use crate::media::prompt::{Player, Prompt, PromptError};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, Refusal, SipEvent};
 use crate::sip::message::{Rejection, Request};
@@ -31,6 +32,8 @@ use crate::store::{CallRow, Record, now_ms, records::new_id};
 
 /// The greeting built into the binary, used when `greeting.file` is empty.
 pub const BUILTIN_GREETING: &[u8] = include_bytes!("../assets/greeting.wav");
+/// Played when the agent cannot be reached or fails mid-call, before the BYE.
+pub const BUILTIN_APOLOGY: &[u8] = include_bytes!("../assets/apology.wav");
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -46,6 +49,7 @@ pub enum ServerError {
 pub struct Prompts {
     pub greeting: Prompt,
     pub hold: Option<Prompt>,
+    pub apology: Prompt,
 }
 
 impl Prompts {
@@ -55,7 +59,8 @@ impl Prompts {
             None => Prompt::from_wav_reader(std::io::Cursor::new(BUILTIN_GREETING), "built-in greeting")?,
         };
         let hold = settings.hold_file.as_deref().map(Prompt::from_wav_file).transpose()?;
-        Ok(Prompts { greeting, hold })
+        let apology = Prompt::from_wav_reader(std::io::Cursor::new(BUILTIN_APOLOGY), "built-in apology")?;
+        Ok(Prompts { greeting, hold, apology })
     }
 }
 
@@ -104,6 +109,7 @@ pub async fn start(
     prompts: Prompts,
     records: RecordSink,
     clone: Option<CloneService>,
+    agent: Option<AgentConfig>,
 ) -> Result<ServerHandle, ServerError> {
     let addr = settings.sip_listen;
     let (udp, tcp) = transport::bind(addr).await.map_err(|error| ServerError::Bind { addr, error })?;
@@ -138,6 +144,7 @@ pub async fn start(
         draining_since: None,
         records,
         clone,
+        agent,
         settings,
     };
     let task = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
@@ -170,6 +177,7 @@ struct SipTask {
     draining_since: Option<Instant>,
     records: RecordSink,
     clone: Option<CloneService>,
+    agent: Option<AgentConfig>,
     settings: Settings,
 }
 
@@ -398,7 +406,7 @@ impl SipTask {
             }
         };
         let answer_delay = Duration::from_millis(self.settings.raw.sip.answer_delay_ms);
-        let (events_tx, events_rx) = mpsc::channel(64);
+        let (events_tx, events_rx) = mpsc::channel(256);
         let ctx = CallContext {
             key: call,
             sip_call_id: request.call_id.clone(),
@@ -424,6 +432,8 @@ impl SipTask {
             records: self.records.clone(),
             clone: self.clone.clone(),
             self_events: events_tx.clone(),
+            agent: self.agent.clone(),
+            apology: self.prompts.read().unwrap_or_else(|p| p.into_inner()).apology.clone(),
         };
         if answer_delay.is_zero() {
             self.endpoint.accept(now, call, body.as_bytes());

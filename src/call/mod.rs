@@ -6,6 +6,7 @@
 //! decides the end reason recorded for every call. Later stages (clone, agent
 //! bridge) add states between `Greeting` and `Ending`.
 
+pub mod agent;
 pub mod task;
 
 use std::collections::VecDeque;
@@ -42,6 +43,12 @@ pub enum EndReason {
     MaxDuration,
     Shutdown,
     Rejected(u16),
+    /// The agent ended the conversation (`end_call`, close 1000) and its last words played.
+    AgentEnded,
+    /// The agent connection failed or closed with an error (the WebSocket close code; 1006 for a lost connection).
+    AgentError(u16),
+    /// The caller was handed on with REFER.
+    Transferred,
     Error(String),
 }
 
@@ -55,6 +62,9 @@ impl EndReason {
             EndReason::MaxDuration => "max_duration",
             EndReason::Shutdown => "shutdown",
             EndReason::Rejected(_) => "rejected",
+            EndReason::AgentEnded => "agent_end_call",
+            EndReason::AgentError(_) => "agent_error",
+            EndReason::Transferred => "transferred",
             EndReason::Error(_) => "error",
         }
     }
@@ -64,6 +74,7 @@ impl fmt::Display for EndReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EndReason::Rejected(code) => write!(f, "rejected ({code})"),
+            EndReason::AgentError(code) => write!(f, "agent_error ({code})"),
             EndReason::Error(why) => write!(f, "error ({why})"),
             other => f.write_str(other.as_str()),
         }
@@ -85,6 +96,8 @@ pub enum CallInput {
     Terminated,
     /// The daemon is stopping and the drain period is over.
     Shutdown,
+    /// The call's own logic decided to hang up (the agent ended, or failed and the apology played).
+    End(EndReason),
     /// Hold state from a re-INVITE: whether we may send, and whether the caller
     /// will send (`inactive` hold suspends the RTP timeout).
     Direction {
@@ -180,6 +193,7 @@ impl Call {
                 self.end(reason);
             }
             CallInput::Shutdown => self.hangup(EndReason::Shutdown),
+            CallInput::End(reason) => self.hangup(reason),
             CallInput::Direction { we_send, caller_sends } => {
                 self.we_send = we_send;
                 if caller_sends && !self.caller_sends {

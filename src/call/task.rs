@@ -10,15 +10,20 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::agent::{AgentLink, LinkAction};
 use super::{Call, CallAction, CallInput, CallLimits, EndReason};
 use crate::clone::{CloneService, Resolution};
+use crate::elevenlabs::agent::ClientMessage;
+use crate::elevenlabs::ws::{self, AgentConfig, AgentEvent, Conversation};
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::prompt::Player;
+use crate::media::prompt::Prompt;
 use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
 use crate::sip::endpoint::CallKey;
 use crate::sip::message::Rejection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
+use crate::store::records::{CloneEvent, new_id};
 use crate::store::writer::RecordSink;
 use crate::store::{CallRow, Record, now_ms};
 
@@ -41,6 +46,8 @@ pub enum CallEvent {
     Reoffer(Bytes),
     /// The clone service decided the call's voice.
     CloneResolved(Resolution),
+    /// The agent's WebSocket task reports.
+    Agent(AgentEvent),
 }
 
 /// Everything a call task needs, prepared by the SIP task when it admits a call.
@@ -65,8 +72,12 @@ pub struct CallContext {
     pub records: RecordSink,
     /// Starts on answer; `None` runs the call without cloning.
     pub clone: Option<CloneService>,
-    /// This call's own event queue, for the clone task to report back on.
+    /// This call's own event queue, for the clone and agent tasks to report back on.
     pub self_events: mpsc::Sender<CallEvent>,
+    /// Where to bridge the call once its voice is decided; `None` keeps it on the greeting and hold audio.
+    pub agent: Option<AgentConfig>,
+    /// Played before hanging up when the agent fails.
+    pub apology: Prompt,
 }
 
 /// The outbound media of a call: the paced sender and where it sends.
@@ -82,6 +93,7 @@ struct MediaOut {
     dtmf: DtmfReceiver,
     /// Digits the caller pressed (RFC 4733), first 64 kept.
     digits: String,
+    agent: Option<AgentLink>,
 }
 
 /// Runs one call to its end, then reports it finished.
@@ -99,6 +111,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         stopped: false,
         dtmf: DtmfReceiver::default(),
         digits: String::new(),
+        agent: None,
     };
     let mut recv_buf = [0u8; 2048];
     tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
@@ -109,7 +122,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         if ctx.negotiated.is_some() {
             call.handle(created, CallInput::Answered);
         }
-        start_clone(&ctx, created);
+        start_clone(&ctx, &mut media, created);
     } else {
         answer_at = Some(created + ctx.answer_delay);
     }
@@ -160,7 +173,11 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         row.rtp_in_max_jitter_us = Some((stats.max_jitter_ms * 1000.0).round() as i64);
         row.rtp_out_packets = Some(media.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
     }
+    if let EndReason::AgentError(code) = reason {
+        row.end_status = Some(i64::from(code));
+    }
     ctx.records.submit(Record::Call(Box::new(row)));
+    let bridge = media.agent.as_ref().and_then(AgentLink::bridge_stats).unwrap_or_default();
     tracing::info!(
         call = %ctx.key,
         call_id = %ctx.sip_call_id,
@@ -178,6 +195,11 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         rtp_in_ssrc_changes = stats.ssrc_changes,
         rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
         dtmf = %media.digits,
+        agent_frames_out = bridge.frames_from_agent,
+        agent_frames_in = bridge.frames_to_agent,
+        agent_interruptions = bridge.interruptions,
+        agent_chunks_dropped = media.agent.as_ref().map_or(0, |a| a.dropped_chunks),
+        hand_off_gap_ms = media.agent.as_ref().and_then(AgentLink::hand_off).map(|h| h.gap_ms),
         "call ended"
     );
     let _ = ctx.commands.send(SipCommand::Finished { call: ctx.key }).await;
@@ -215,7 +237,7 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         ctx.row.revision += 1;
         ctx.row.answered_at = Some(now_ms());
         ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
-        start_clone(ctx, now);
+        start_clone(ctx, media, now);
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
         }
@@ -227,10 +249,20 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
             ctx.player.skip();
         }
         let sending = call.sending() && n.direction.sends();
+        let mut end = None;
         for _ in 0..due {
+            if let Some(link) = media.agent.as_mut() {
+                link.upstream_tick();
+            }
             if sending {
-                let payload = ctx.player.next_frame(n.codec);
-                let len = s.write_next(payload, &mut media.buf);
+                let len = match media.agent.as_mut() {
+                    Some(link) => {
+                        let (payload, ends) = link.frame(now, &mut ctx.player, &ctx.apology);
+                        end = end.or(ends);
+                        s.write_next(payload, &mut media.buf)
+                    }
+                    None => s.write_next(ctx.player.next_frame(n.codec), &mut media.buf),
+                };
                 if let Some(to) = media.dest {
                     let _ = ctx.socket.send_to(&media.buf[..len], to).await;
                 }
@@ -239,6 +271,15 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
                 ctx.player.skip();
                 s.skip_one();
             }
+        }
+        if let Some(link) = media.agent.as_ref()
+            && let Some(h) = link.hand_off()
+            && ctx.row.bridged_at.is_none()
+        {
+            record_hand_off(ctx, h.gap_ms);
+        }
+        if let Some(reason) = end {
+            call.handle(now, CallInput::End(reason));
         }
     }
     call.handle_timeout(now);
@@ -271,11 +312,18 @@ fn inbound_rtp(
             receiver.on_packet(now, &packet);
             call.on_rtp(now);
             let is_event = ctx.negotiated.is_some_and(|n| Some(header.payload_type) == n.telephone_event);
-            if is_event && let Some(digit) = media.dtmf.on_packet(header.timestamp, packet.payload) {
-                tracing::debug!(call = %ctx.key, %digit, "DTMF");
-                if media.digits.len() < 64 {
-                    media.digits.push(digit);
+            if is_event {
+                if let Some(digit) = media.dtmf.on_packet(header.timestamp, packet.payload) {
+                    tracing::debug!(call = %ctx.key, %digit, "DTMF");
+                    if media.digits.len() < 64 {
+                        media.digits.push(digit);
+                    }
+                    if let Some(link) = media.agent.as_mut() {
+                        link.digit(digit);
+                    }
                 }
+            } else if let Some(link) = media.agent.as_mut() {
+                link.caller_packet(header.sequence, packet.payload);
             }
         }
         Latch::Ignore => media.ignored += 1,
@@ -304,9 +352,11 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             tracing::info!(call = %ctx.key, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
             ctx.row.revision += 1;
             ctx.row.clone_outcome = Some(r.outcome.as_str().to_owned());
-            ctx.row.voice_id = Some(r.voice_id);
+            ctx.row.voice_id = Some(r.voice_id.clone());
             ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+            connect_agent(ctx, media, r.voice_id);
         }
+        Some(CallEvent::Agent(ev)) => agent_event(ctx, media, ev),
         Some(CallEvent::Reoffer(body)) => {
             let answer = reoffer(ctx, &body);
             if let Ok((n, _)) = &answer {
@@ -325,10 +375,86 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
     }
 }
 
+/// Opens the agent conversation in `voice_id`; the greeting keeps playing until
+/// the agent's first audio is queued.
+fn connect_agent(ctx: &CallContext, media: &mut MediaOut, voice_id: String) {
+    let (Some(config), Some(n)) = (ctx.agent.clone(), ctx.negotiated) else {
+        return;
+    };
+    if media.agent.is_some() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    media.agent = Some(AgentLink::new(tx, n.codec, config.max_queue_seconds));
+    let conv = Conversation {
+        call_id: ctx.row.call_id.clone(),
+        caller: ctx.row.caller.clone(),
+        voice_id,
+    };
+    tokio::spawn(ws::run(config, conv, rx, ctx.self_events.clone(), CallEvent::Agent));
+}
+
+fn agent_event(ctx: &mut CallContext, media: &mut MediaOut, ev: AgentEvent) {
+    let Some(link) = media.agent.as_mut() else { return };
+    if let AgentEvent::Closed { code, reason } = &ev {
+        tracing::info!(call = %ctx.key, code, reason = %reason, "agent conversation closed");
+    }
+    match link.on_event(ev) {
+        Ok(LinkAction::None) => {}
+        Ok(LinkAction::Conversation(id)) => {
+            let (input, output) = link.formats().unzip();
+            tracing::info!(call = %ctx.key, conversation = %id, input = ?input, output = ?output, "agent conversation started");
+            ctx.row.revision += 1;
+            ctx.row.conversation_id = Some(id);
+            ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+        }
+        Ok(LinkAction::Reply(json)) => link.reply(json),
+        Ok(LinkAction::Transfer { tool_call_id, destination }) => {
+            tracing::info!(call = %ctx.key, %destination, "agent asked to transfer the call; transfers are not available on this line");
+            let result = ClientMessage::ClientToolResult {
+                tool_call_id,
+                result: "Transferring calls is not available on this line.".into(),
+                is_error: true,
+            };
+            link.reply(result.to_json());
+        }
+        Err(e) => {
+            tracing::warn!(call = %ctx.key, error = %e, "cannot bridge the agent's audio formats");
+            let _ = link.on_event(AgentEvent::Closed {
+                code: 1003,
+                reason: e.to_string(),
+            });
+        }
+    }
+}
+
+/// The caller now hears the agent: `bridged_at` and a `clone_transfer_events` row.
+fn record_hand_off(ctx: &mut CallContext, gap_ms: u64) {
+    let waited_ms = ctx.row.answered_at.map_or(0, |a| (now_ms() - a).max(0));
+    ctx.row.revision += 1;
+    ctx.row.bridged_at = Some(now_ms());
+    ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+    ctx.records.submit(Record::CloneEvent(CloneEvent::Transfer {
+        event_id: new_id(),
+        call_id: ctx.row.call_id.clone(),
+        voice_id: ctx.row.voice_id.clone().unwrap_or_default(),
+        waited_ms,
+        gap_ms: gap_ms as i64,
+        created_at: now_ms(),
+    }));
+    tracing::info!(call = %ctx.key, waited_ms, gap_ms, "caller handed from the greeting to the agent");
+}
+
 /// Starts resolving the call's voice in the background; the greeting keeps
 /// playing meanwhile, and the answer comes back as [`CallEvent::CloneResolved`].
-fn start_clone(ctx: &CallContext, started: Instant) {
-    let Some(service) = ctx.clone.clone() else { return };
+/// Without a clone service the agent starts at once in its default voice.
+fn start_clone(ctx: &CallContext, media: &mut MediaOut, started: Instant) {
+    let Some(service) = ctx.clone.clone() else {
+        if let Some(voice) = ctx.agent.as_ref().map(|a| a.default_voice_id.clone()) {
+            connect_agent(ctx, media, voice);
+        }
+        return;
+    };
     let events = ctx.self_events.clone();
     let call_id = ctx.row.call_id.clone();
     let caller = ctx.row.caller.clone();

@@ -1,7 +1,9 @@
-//! ElevenLabs: the REST client (voice cloning, TTS) now; the Agents WebSocket
-//! session and post-call webhook verification with the bridge issue.
+//! ElevenLabs: the REST client (voice cloning, TTS), the Agents WebSocket
+//! protocol and the per-call connection task.
 
+pub mod agent;
 pub mod rest;
+pub mod ws;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

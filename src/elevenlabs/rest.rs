@@ -207,6 +207,24 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| ApiError::Body(e.to_string()))
     }
 
+    /// `GET /v1/convai/conversation/get-signed-url`: a single-session WebSocket
+    /// URL for a private agent (valid for 15 minutes).
+    pub async fn signed_url(&self, agent_id: &str, deadline: Instant) -> Result<String, ApiError> {
+        #[derive(Deserialize)]
+        struct Signed {
+            signed_url: String,
+        }
+        let request = self
+            .http
+            .get(format!("{}/v1/convai/conversation/get-signed-url", self.base))
+            .query(&[("agent_id", agent_id)])
+            .header("xi-api-key", &self.key);
+        let body = self.send(request, deadline).await?;
+        serde_json::from_slice::<Signed>(&body)
+            .map(|s| s.signed_url)
+            .map_err(|e| ApiError::Body(e.to_string()))
+    }
+
     /// `DELETE /v1/voices/{id}`.
     pub async fn delete_voice(&self, voice_id: &str, deadline: Instant) -> Result<(), ApiError> {
         let request = self

@@ -1,8 +1,11 @@
 //! The media plane: G.711, RTP packets, the paced sender, the receiver's
 //! statistics and the prompt player. Nothing here allocates or locks per packet.
 
+pub mod bridge;
 pub mod dtmf;
 pub mod g711;
+pub mod jitter;
 pub mod prompt;
+pub mod resample;
 pub mod rtp;
 pub mod session;

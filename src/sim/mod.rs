@@ -7,7 +7,11 @@
 //! documented success and error bodies. Knobs let a test choose clone latency and
 //! failure modes, and cap voice slots (`voice_limit_reached`). Voices "speak" a
 //! tone whose pitch is derived from the voice id, so a test can tell which voice
-//! produced audio ([`voice_pitch_hz`]).
+//! produced audio ([`voice_pitch_hz`]). The Agents WebSocket is in [`agent`].
+
+pub mod agent;
+
+pub use agent::{AGENT_ID, AgentAction, AgentKnobs, ConversationRecord};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -70,12 +75,17 @@ struct Inner {
     requests: Vec<AddRequest>,
     deleted: Vec<String>,
     next: u64,
+    agent: AgentKnobs,
+    conversations: Vec<ConversationRecord>,
+    signatures: Vec<String>,
 }
 
 #[derive(Debug)]
 struct SimState {
     api_key: String,
     inner: Mutex<Inner>,
+    actions: tokio::sync::broadcast::Sender<AgentAction>,
+    addr: Mutex<Option<SocketAddr>>,
 }
 
 /// A running simulator.
@@ -91,14 +101,19 @@ impl Simulator {
         let state = Arc::new(SimState {
             api_key: api_key.to_owned(),
             inner: Mutex::new(Inner::default()),
+            actions: tokio::sync::broadcast::channel(16).0,
+            addr: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v1/voices/add", post(add_voice))
             .route("/v1/voices/{voice_id}", get(voice).delete(delete_voice))
             .route("/v1/text-to-speech/{voice_id}", post(tts))
+            .route("/v1/convai/conversation", get(conversation))
+            .route("/v1/convai/conversation/get-signed-url", get(signed_url))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        *state.addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -131,6 +146,25 @@ impl Simulator {
         self.inner().deleted.clone()
     }
 
+    /// `ws://host:port`, the Agents WebSocket base.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn set_agent_knobs(&self, knobs: AgentKnobs) {
+        self.inner().agent = knobs;
+    }
+
+    /// Every conversation so far, live or over.
+    pub fn conversations(&self) -> Vec<ConversationRecord> {
+        self.inner().conversations.clone()
+    }
+
+    /// Makes every live conversation do `action`; how many received it.
+    pub fn agent_do(&self, action: AgentAction) -> usize {
+        self.state.actions.send(action).unwrap_or(0)
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.state.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -148,6 +182,68 @@ impl SimState {
             _ => Some(detail(StatusCode::UNAUTHORIZED, "invalid_api_key", "Invalid API key")),
         }
     }
+}
+
+#[derive(Deserialize)]
+struct ConversationQuery {
+    agent_id: Option<String>,
+    conversation_signature: Option<String>,
+}
+
+async fn conversation(State(state): State<Arc<SimState>>, Query(q): Query<ConversationQuery>, upgrade: WebSocketUpgrade) -> Response {
+    let Some(agent_id) = q.agent_id.filter(|a| !a.is_empty()) else {
+        return detail(StatusCode::BAD_REQUEST, "missing_agent_id", "agent_id is required");
+    };
+    let (refuse, private) = {
+        let inner = state.inner();
+        (inner.agent.refuse, inner.agent.private)
+    };
+    if let Some(status) = refuse {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return detail(status, "refused", "the simulator was told to refuse conversations");
+    }
+    if private {
+        let valid = q.conversation_signature.is_some_and(|sig| {
+            let mut inner = state.inner();
+            let found = inner.signatures.iter().position(|s| *s == sig);
+            found.map(|i| inner.signatures.remove(i)).is_some()
+        });
+        if !valid {
+            return detail(
+                StatusCode::FORBIDDEN,
+                "invalid_signature",
+                "a valid conversation_signature is required for this agent",
+            );
+        }
+    }
+    let actions = state.actions.subscribe();
+    upgrade
+        .max_message_size(16 << 20)
+        .on_upgrade(move |socket| agent::session(socket, state, agent_id, actions))
+}
+
+#[derive(Deserialize)]
+struct SignedUrlQuery {
+    agent_id: Option<String>,
+}
+
+async fn signed_url(State(state): State<Arc<SimState>>, headers: HeaderMap, Query(q): Query<SignedUrlQuery>) -> Response {
+    if let Some(r) = state.unauthorised(&headers) {
+        return r;
+    }
+    let Some(agent_id) = q.agent_id.filter(|a| !a.is_empty()) else {
+        return missing("agent_id");
+    };
+    let signature = crate::store::records::new_id();
+    state.inner().signatures.push(signature.clone());
+    let addr = state
+        .addr
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    axum::Json(json!({"signed_url": format!("ws://{addr}/v1/convai/conversation?agent_id={agent_id}&conversation_signature={signature}")}))
+        .into_response()
 }
 
 fn detail(status: StatusCode, code: &str, message: &str) -> Response {

@@ -61,6 +61,16 @@ pub async fn start_full(
     dir: tempfile::TempDir,
     clone: impl FnOnce(&Store, &RecordSink) -> Option<precall::clone::CloneService>,
 ) -> TestDaemon {
+    start_services(settings, dir, clone, None).await
+}
+
+/// [`start_full`] with calls bridged to the agent `agent` describes.
+pub async fn start_services(
+    settings: Settings,
+    dir: tempfile::TempDir,
+    clone: impl FnOnce(&Store, &RecordSink) -> Option<precall::clone::CloneService>,
+    agent: Option<precall::elevenlabs::ws::AgentConfig>,
+) -> TestDaemon {
     let prompts = Prompts::load(&settings).expect("greeting loads");
     let store = Store::connect_lazy(&settings.database_url, 4).expect("store");
     let records = writer::spawn(
@@ -76,7 +86,7 @@ pub async fn start_full(
         },
     );
     let clone = clone(&store, &records);
-    let handle = server::start(settings.clone(), prompts.clone(), records.clone(), clone)
+    let handle = server::start(settings.clone(), prompts.clone(), records.clone(), clone, agent)
         .await
         .expect("daemon starts");
     TestDaemon {

@@ -1,0 +1,277 @@
+//! The call's side of the agent bridge: which audio the media clock plays
+//! (greeting, agent, apology), the hand-off from greeting to agent, and what the
+//! call does when the agent ends or fails. Plain logic over the [`Bridge`] and
+//! the [`JitterBuffer`]; the WebSocket task ([`crate::elevenlabs::ws`]) does the IO.
+//!
+//! The hand-off happens at a frame boundary once the greeting has played through
+//! and agent audio is already queued, so the caller hears no gap and no overlap:
+//! the first agent frame goes out on the very tick after the last greeting/hold
+//! frame. The number of silent frames between them is recorded (`gap_ms`).
+
+use std::time::Instant;
+
+use base64::Engine as _;
+use tokio::sync::mpsc;
+
+use super::EndReason;
+use crate::elevenlabs::agent::{AudioFormat, ClientMessage};
+use crate::elevenlabs::ws::{AgentCommand, AgentEvent};
+use crate::media::bridge::{Bridge, BridgeError, BridgeStats};
+use crate::media::g711::G711;
+use crate::media::jitter::{JitterBuffer, Pop};
+use crate::media::prompt::{FRAME_SAMPLES, Player, Prompt};
+
+/// Cap on the transcript kept for `call_log` (the post-call webhook has the full one).
+const MAX_TRANSCRIPT: usize = 64 * 1024;
+
+/// What the media clock is playing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Playing {
+    Greeting,
+    Agent,
+    /// The apology before hanging up on an agent failure (frame index).
+    Apology(usize),
+}
+
+/// What the call task must do after feeding the link an agent event.
+#[derive(Debug, PartialEq)]
+pub enum LinkAction {
+    None,
+    /// Record the conversation id on the call.
+    Conversation(String),
+    /// Send this tool result back (transfer refused or done).
+    Reply(String),
+    /// The agent asked to transfer the caller here.
+    Transfer {
+        tool_call_id: String,
+        destination: String,
+    },
+}
+
+/// The hand-off, for `clone_transfer_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOff {
+    pub at: Instant,
+    /// Silent frames between the last greeting frame and the first agent frame, in ms.
+    pub gap_ms: u64,
+}
+
+pub struct AgentLink {
+    commands: mpsc::Sender<AgentCommand>,
+    codec: G711,
+    max_queue_seconds: u32,
+    bridge: Option<Bridge>,
+    jitter: JitterBuffer,
+    playing: Playing,
+    /// Set once the agent has closed: play out what is queued, then end.
+    closed: Option<u16>,
+    end_call: bool,
+    silent_frames_before_agent: u64,
+    switched_at: Option<Instant>,
+    hand_off: Option<HandOff>,
+    transcript: String,
+    chunk: Vec<u8>,
+    encoded: String,
+    /// Caller audio not sent because the WebSocket could not keep up.
+    pub dropped_chunks: u64,
+    silence: [u8; FRAME_SAMPLES],
+}
+
+impl std::fmt::Debug for AgentLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentLink")
+            .field("playing", &self.playing)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl AgentLink {
+    pub fn new(commands: mpsc::Sender<AgentCommand>, codec: G711, max_queue_seconds: u32) -> Self {
+        AgentLink {
+            commands,
+            codec,
+            max_queue_seconds,
+            bridge: None,
+            jitter: JitterBuffer::default(),
+            playing: Playing::Greeting,
+            closed: None,
+            end_call: false,
+            silent_frames_before_agent: 0,
+            switched_at: None,
+            hand_off: None,
+            transcript: String::new(),
+            chunk: Vec::with_capacity(2048),
+            encoded: String::with_capacity(4096),
+            dropped_chunks: 0,
+            silence: [codec.silence(); FRAME_SAMPLES],
+        }
+    }
+
+    pub fn hand_off(&self) -> Option<HandOff> {
+        self.hand_off
+    }
+
+    pub fn bridge_stats(&self) -> Option<BridgeStats> {
+        self.bridge.as_ref().map(Bridge::stats)
+    }
+
+    pub fn formats(&self) -> Option<(AudioFormat, AudioFormat)> {
+        self.bridge.as_ref().map(Bridge::formats)
+    }
+
+    pub fn take_transcript(&mut self) -> Option<String> {
+        (!self.transcript.is_empty()).then(|| std::mem::take(&mut self.transcript))
+    }
+
+    /// A caller RTP payload in the call's codec.
+    pub fn caller_packet(&mut self, seq: u16, payload: &[u8]) {
+        self.jitter.push(seq, payload);
+    }
+
+    /// A DTMF digit becomes background context for the agent.
+    pub fn digit(&mut self, digit: char) {
+        if self.bridge.is_some() {
+            let text = format!("The caller pressed the key {digit} on their phone keypad.");
+            self.send(ClientMessage::ContextualUpdate { text }.to_json());
+        }
+    }
+
+    pub fn reply(&mut self, json: String) {
+        self.send(json);
+    }
+
+    fn send(&mut self, json: String) {
+        if self.commands.try_send(AgentCommand::Text(json)).is_err() {
+            self.dropped_chunks += 1;
+        }
+    }
+
+    /// An event from the WebSocket task.
+    pub fn on_event(&mut self, ev: AgentEvent) -> Result<LinkAction, BridgeError> {
+        match ev {
+            AgentEvent::Ready {
+                conversation_id,
+                input,
+                output,
+            } => {
+                self.bridge = Some(Bridge::new(self.codec, input, output, self.max_queue_seconds)?);
+                // What the caller said before the agent was there is not for it.
+                self.jitter = JitterBuffer::default();
+                return Ok(LinkAction::Conversation(conversation_id));
+            }
+            AgentEvent::Audio { event_id, audio } => {
+                if let Some(b) = self.bridge.as_mut()
+                    && self.closed.is_none_or(|code| code == 1000)
+                {
+                    b.agent_audio(event_id, &audio);
+                }
+            }
+            AgentEvent::Interruption { event_id } => {
+                if let Some(b) = self.bridge.as_mut() {
+                    b.interruption(event_id);
+                }
+            }
+            AgentEvent::Transcript { role, text } => {
+                if self.transcript.len() + text.len() < MAX_TRANSCRIPT {
+                    self.transcript.push_str(role);
+                    self.transcript.push_str(": ");
+                    self.transcript.push_str(&text);
+                    self.transcript.push('\n');
+                }
+            }
+            AgentEvent::Transfer { tool_call_id, destination } => return Ok(LinkAction::Transfer { tool_call_id, destination }),
+            AgentEvent::EndCall => self.end_call = true,
+            AgentEvent::Closed { code, reason } => {
+                let code = if code == 1000 || self.end_call { 1000 } else { code };
+                tracing::debug!(code, %reason, "agent closed");
+                self.closed = Some(code);
+                if code != 1000 {
+                    // Nothing more will come: say sorry rather than leave the caller in silence.
+                    if let Some(b) = self.bridge.as_mut() {
+                        b.interruption(u64::MAX);
+                    }
+                    self.playing = Playing::Apology(0);
+                }
+            }
+        }
+        Ok(LinkAction::None)
+    }
+
+    /// One tick of the media clock, caller → agent: one 20 ms chunk (silence
+    /// when the caller is quiet, so the agent's input timeout never fires).
+    pub fn upstream_tick(&mut self) {
+        let Some(bridge) = self.bridge.as_mut() else { return };
+        if self.closed.is_some() {
+            return;
+        }
+        self.chunk.clear();
+        match self.jitter.pop() {
+            Pop::Frame(f) | Pop::Concealed(f) => bridge.caller_frame(Some(f), &mut self.chunk),
+            Pop::Silence => bridge.caller_frame(None, &mut self.chunk),
+        }
+        if self.chunk.is_empty() {
+            return; // the resampler is still priming
+        }
+        self.encoded.clear();
+        self.encoded.push_str("{\"user_audio_chunk\":\"");
+        base64::engine::general_purpose::STANDARD.encode_string(&self.chunk, &mut self.encoded);
+        self.encoded.push_str("\"}");
+        let json = self.encoded.clone();
+        self.send(json);
+    }
+
+    /// One tick of the media clock, → caller: the frame to send, and whether the
+    /// call should now end (and why).
+    pub fn frame<'a>(&'a mut self, now: Instant, player: &'a mut Player, apology: &'a Prompt) -> (&'a [u8], Option<EndReason>) {
+        match self.playing {
+            Playing::Apology(i) => {
+                if i >= apology.frames() {
+                    let code = self.closed.unwrap_or(1006);
+                    return (&self.silence, Some(EndReason::AgentError(code)));
+                }
+                self.playing = Playing::Apology(i + 1);
+                (apology.frame(self.codec, i as u64), None)
+            }
+            Playing::Greeting => {
+                // At least one whole frame queued, so the first agent tick cannot come up short.
+                let ready = self.bridge.as_ref().is_some_and(|b| b.queued_frames() >= 2);
+                if ready && player.greeting_done() {
+                    self.playing = Playing::Agent;
+                    self.switched_at = Some(now);
+                    return self.agent_frame();
+                }
+                if self.closed == Some(1000) {
+                    // The agent ended before it said anything.
+                    return (&self.silence, Some(EndReason::AgentEnded));
+                }
+                (player.next_frame(self.codec), None)
+            }
+            Playing::Agent => self.agent_frame(),
+        }
+    }
+
+    fn agent_frame(&mut self) -> (&[u8], Option<EndReason>) {
+        let closed = self.closed;
+        match self.bridge.as_mut().and_then(Bridge::next_frame) {
+            Some(f) => {
+                if let Some(at) = self.switched_at.take() {
+                    // Measured, not assumed: silent ticks between the last greeting
+                    // frame and the first agent frame.
+                    self.hand_off = Some(HandOff {
+                        at,
+                        gap_ms: self.silent_frames_before_agent * 20,
+                    });
+                }
+                (f, None)
+            }
+            None if closed == Some(1000) => (&self.silence, Some(EndReason::AgentEnded)),
+            None => {
+                if self.switched_at.is_some() {
+                    self.silent_frames_before_agent += 1;
+                }
+                (&self.silence, None)
+            }
+        }
+    }
+}
