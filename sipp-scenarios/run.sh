@@ -5,6 +5,7 @@
 #   3. CANCEL before answer (against a daemon that rings for 3 s)
 #   4. 50 calls at 10 calls/s, zero failures allowed
 #   5. OPTIONS probes
+#   6. a DTMF call, and a call the agent ends (precall sends the BYE)
 # Then it checks precall's own log: every call ended by the caller's BYE, and
 # precall received SIPp's audio on each. Fails loudly; never skips.
 set -euo pipefail
@@ -63,14 +64,19 @@ scenario cancel -sf uac_cancel.xml -m 1 -p 16104 127.0.0.1:5072
 scenario load-50-at-10cps -sf uac_call_pcmu.xml -r 10 -m 50 -l 100 -p 16106 127.0.0.1:5070
 scenario options -sf options_ping.xml -r 20 -m 20 -p 16108 127.0.0.1:5070
 scenario dtmf -sf uac_dtmf.xml -m 1 -p 16110 127.0.0.1:5070
+scenario agent-end-call -sf uac_agent_end_call.xml -m 1 -p 16112 127.0.0.1:5070
 
 # precall's view: 53 calls ended by the caller, each talking one (SIPp's audio
 # received), and the DTMF caller's key press decoded.
 ENDED=$(grep -c 'call ended.*reason=caller_bye' "$LOGS/main.log" || true)
-LOW=$(grep 'call ended' "$LOGS/main.log" | grep -v 'caller=+15550077' | sed -E 's/.*rtp_in_packets=([0-9]+).*/\1/' | awk '$1 < 150' | wc -l)
+LOW=$(grep 'call ended' "$LOGS/main.log" | grep -vE 'caller=\+15550077|caller=\+15550099' | sed -E 's/.*rtp_in_packets=([0-9]+).*/\1/' | awk '$1 < 150' | wc -l)
 echo "== precall log: $ENDED calls ended by caller BYE; $LOW talking calls with fewer than 150 RTP packets from SIPp"
 [ "$ENDED" -eq 53 ] || { echo "   expected 53"; FAILED=1; }
 if grep 'call ended' "$LOGS/main.log" | grep 'caller=+15550077' | grep -q 'dtmf=1'; then echo "   DTMF call: digit 1 received"; else echo "   DTMF digit not received"; FAILED=1; fi
+if grep 'call ended' "$LOGS/main.log" | grep 'caller=+15550099' | grep -q 'reason=agent_end_call'; then echo "   agent end_call: precall hung up after the goodbye"; else echo "   the agent's end_call did not end the call"; FAILED=1; fi
+BRIDGED=$(grep -c 'caller handed from the greeting to the agent' "$LOGS/main.log" || true)
+echo "   $BRIDGED calls handed from the greeting to the agent"
+[ "$BRIDGED" -ge 1 ] || { echo "   the end_call caller should have heard the agent"; FAILED=1; }
 [ "$LOW" -eq 0 ] || { echo "   every call should carry ~200 packets of SIPp audio"; FAILED=1; }
 if grep -q "call ended.*reason=cancelled" "$LOGS/ringing.log"; then echo "   cancelled call recorded as cancelled"; else echo "   cancelled call not recorded"; FAILED=1; fi
 # call_log: the mapped caller's first call cloned, its later calls hit the cache,
@@ -81,7 +87,7 @@ import sqlite3, sys
 rows = sqlite3.connect(sys.argv[1]).execute("select caller, clone_outcome from call_log").fetchall()
 mapped = [o for c, o in rows if c == "+15550001"]
 others = [o for c, o in rows if c != "+15550001"]
-ok = mapped[:1] == ["cloned"] and set(mapped[1:]) <= {"cache_hit"} and len(mapped) >= 2 and set(others) == {"unmapped"} and len(rows) == 53
+ok = mapped[:1] == ["cloned"] and set(mapped[1:]) <= {"cache_hit"} and len(mapped) >= 2 and set(others) == {"unmapped"} and len(rows) == 54
 print(f"{'ok' if ok else 'BAD'}: {len(rows)} calls; +15550001: {mapped}; others: {sorted(set(others))}")
 PY
 )

@@ -22,7 +22,7 @@ use crate::clone::CloneService;
 use crate::config::Settings;
 use crate::elevenlabs::ws::AgentConfig;
 use crate::media::prompt::{Player, Prompt, PromptError};
-use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, Refusal, SipEvent};
+use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SipEvent};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::sdp::{self, LocalMedia, SessionDescription};
 use crate::sip::transport::{self, Inbound};
@@ -254,6 +254,13 @@ impl SipTask {
             SipCommand::Accept { call, sdp } => self.endpoint.accept(now, call, &sdp),
             SipCommand::Hangup { call, reason } => self.endpoint.hangup(now, call, reason.as_str()),
             SipCommand::AnswerReoffer { call, answer } => self.endpoint.answer_reoffer(now, call, answer),
+            SipCommand::Refer { call, target } => {
+                if !self.endpoint.refer(now, call, &target)
+                    && let Some(entry) = self.calls.get(&call)
+                {
+                    let _ = entry.events.try_send(CallEvent::Refer(ReferProgress::Answered(481)));
+                }
+            }
             SipCommand::Finished { call } => {
                 if self.calls.remove(&call).is_some() {
                     self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
@@ -303,6 +310,7 @@ impl SipTask {
             SipEvent::AckTimeout { call } => (call, CallEvent::Input(CallInput::AckTimeout)),
             SipEvent::Reoffer { call, body } => (call, CallEvent::Reoffer(body)),
             SipEvent::Terminated { call } => (call, CallEvent::Input(CallInput::Terminated)),
+            SipEvent::Refer { call, progress } => (call, CallEvent::Refer(progress)),
         };
         if let Some(entry) = self.calls.get(&call)
             && entry.events.try_send(event).is_err()

@@ -498,12 +498,6 @@ async fn a_mapped_caller_hears_the_agent_in_the_cloned_voice_and_dtmf_reaches_it
     tokio::time::sleep(Duration::from_millis(500)).await;
     let updates = env.sim.conversations()[0].contextual_updates.clone();
     assert_eq!(updates, vec!["The caller pressed the key 5 on their phone keypad.".to_owned()]);
-    // The transfer tool is answered (with an error: REFER is not implemented yet).
-    env.sim.agent_do(AgentAction::Transfer("sip:desk@127.0.0.1".into()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let results = env.sim.conversations()[0].tool_results.clone();
-    assert_eq!(results.len(), 1, "{results:?}");
-    assert_eq!(results[0]["is_error"], true);
     assert_eq!(c.bye().await.status(), Some(200));
     common_wait_idle(&env.daemon).await;
     let row = env.daemon.store.call_by_external_id(&c.call_id).await.unwrap().unwrap().row;
@@ -546,4 +540,71 @@ async fn private_agents_connect_through_a_signed_url() {
         "signed URL accepted: {first:?}"
     );
     drop(tx);
+}
+
+async fn respond(c: &mut Caller, req: &common::Msg, status: &str) {
+    let mut text = format!("SIP/2.0 {status}\r\n");
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        if let Some(v) = req.header(name) {
+            text.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    c.send(&text).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_call_sends_refer_and_hangs_up_once_the_transfer_succeeds() {
+    let env = env(AgentKnobs::default(), false).await;
+    let (mut c, media) = answered(&env.daemon, "0").await;
+    wait_for_voice(&media, DEFAULT_VOICE, SEC * 6).await;
+
+    // A refused REFER goes back to the agent as the tool's error; the call goes on.
+    env.sim.agent_do(AgentAction::Transfer("sip:desk@example.com".into()));
+    let refer = c.recv_until(SEC * 3, |m| m.method() == Some("REFER")).await.expect("REFER");
+    respond(&mut c, &refer, "603 Decline").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = env.sim.conversations()[0].tool_results.clone();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["is_error"], true, "{results:?}");
+
+    // A number goes to the caller's own domain; the caller's UA accepts and reports success.
+    env.sim.agent_do(AgentAction::Transfer("+15550002222".into()));
+    let refer = c.recv_until(SEC * 3, |m| m.method() == Some("REFER")).await.expect("second REFER");
+    assert!(
+        refer.text.starts_with(&format!("REFER sip:caller@{} SIP/2.0", c.local)),
+        "REFER goes to the caller's Contact: {}",
+        refer.text
+    );
+    assert_eq!(refer.header("Refer-To"), Some(format!("<sip:+15550002222@{}>", c.local).as_str()));
+    assert_eq!(refer.header("Call-ID"), Some(c.call_id.as_str()));
+    respond(&mut c, &refer, "202 Accepted").await;
+    c.cseq += 1;
+    let sipfrag = "SIP/2.0 200 OK\r\n";
+    let notify = c
+        .in_dialog(
+            "NOTIFY",
+            c.cseq,
+            &format!("z9hG4bK-notify{}", common::rand_u64()),
+            sipfrag,
+            "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n",
+        )
+        .replace("Content-Type: application/sdp", "Content-Type: message/sipfrag");
+    c.send(&notify).await;
+    let ok = c
+        .recv_until(SEC * 2, |m| m.header("CSeq").is_some_and(|v| v.ends_with("NOTIFY")))
+        .await
+        .expect("200 to NOTIFY");
+    assert_eq!(ok.status(), Some(200));
+    let bye = c
+        .recv_until(SEC * 3, |m| m.method() == Some("BYE"))
+        .await
+        .expect("BYE after the transfer");
+    c.ok_to(&bye).await;
+    common_wait_idle(&env.daemon).await;
+    let row = env.daemon.store.call_by_external_id(&c.call_id).await.unwrap().unwrap().row;
+    assert_eq!(row.end_reason.as_deref(), Some("transferred"), "{row:?}");
+    let results = env.sim.conversations()[0].tool_results.clone();
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[1]["is_error"], false, "{results:?}");
 }

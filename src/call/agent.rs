@@ -39,8 +39,6 @@ pub enum LinkAction {
     None,
     /// Record the conversation id on the call.
     Conversation(String),
-    /// Send this tool result back (transfer refused or done).
-    Reply(String),
     /// The agent asked to transfer the caller here.
     Transfer {
         tool_call_id: String,
@@ -241,7 +239,7 @@ impl AgentLink {
                     self.switched_at = Some(now);
                     return self.agent_frame();
                 }
-                if self.closed == Some(1000) {
+                if self.closed == Some(1000) && self.bridge.as_ref().is_none_or(|b| b.queued_frames() == 0) {
                     // The agent ended before it said anything.
                     return (&self.silence, Some(EndReason::AgentEnded));
                 }

@@ -20,7 +20,7 @@ use crate::media::prompt::Player;
 use crate::media::prompt::Prompt;
 use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
-use crate::sip::endpoint::CallKey;
+use crate::sip::endpoint::{CallKey, ReferProgress};
 use crate::sip::message::Rejection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
 use crate::store::records::{CloneEvent, new_id};
@@ -30,10 +30,26 @@ use crate::store::{CallRow, Record, now_ms};
 /// Commands from a call task to the SIP task.
 #[derive(Debug)]
 pub enum SipCommand {
-    Accept { call: CallKey, sdp: Vec<u8> },
-    Hangup { call: CallKey, reason: EndReason },
-    AnswerReoffer { call: CallKey, answer: Result<Vec<u8>, Rejection> },
-    Finished { call: CallKey },
+    Accept {
+        call: CallKey,
+        sdp: Vec<u8>,
+    },
+    Hangup {
+        call: CallKey,
+        reason: EndReason,
+    },
+    AnswerReoffer {
+        call: CallKey,
+        answer: Result<Vec<u8>, Rejection>,
+    },
+    /// Transfer the caller (REFER) to a SIP URI or number.
+    Refer {
+        call: CallKey,
+        target: String,
+    },
+    Finished {
+        call: CallKey,
+    },
 }
 
 /// Events from the SIP task to one call task.
@@ -48,6 +64,8 @@ pub enum CallEvent {
     CloneResolved(Resolution),
     /// The agent's WebSocket task reports.
     Agent(AgentEvent),
+    /// How our REFER is going.
+    Refer(ReferProgress),
 }
 
 /// Everything a call task needs, prepared by the SIP task when it admits a call.
@@ -94,6 +112,8 @@ struct MediaOut {
     /// Digits the caller pressed (RFC 4733), first 64 kept.
     digits: String,
     agent: Option<AgentLink>,
+    /// The agent's transfer tool call waiting for the REFER's outcome.
+    transfer: Option<String>,
 }
 
 /// Runs one call to its end, then reports it finished.
@@ -112,6 +132,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         dtmf: DtmfReceiver::default(),
         digits: String::new(),
         agent: None,
+        transfer: None,
     };
     let mut recv_buf = [0u8; 2048];
     tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
@@ -356,7 +377,8 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
             connect_agent(ctx, media, r.voice_id);
         }
-        Some(CallEvent::Agent(ev)) => agent_event(ctx, media, ev),
+        Some(CallEvent::Agent(ev)) => agent_event(ctx, media, ev).await,
+        Some(CallEvent::Refer(progress)) => refer_progress(ctx, call, media, progress, now),
         Some(CallEvent::Reoffer(body)) => {
             let answer = reoffer(ctx, &body);
             if let Ok((n, _)) = &answer {
@@ -394,7 +416,7 @@ fn connect_agent(ctx: &CallContext, media: &mut MediaOut, voice_id: String) {
     tokio::spawn(ws::run(config, conv, rx, ctx.self_events.clone(), CallEvent::Agent));
 }
 
-fn agent_event(ctx: &mut CallContext, media: &mut MediaOut, ev: AgentEvent) {
+async fn agent_event(ctx: &mut CallContext, media: &mut MediaOut, ev: AgentEvent) {
     let Some(link) = media.agent.as_mut() else { return };
     if let AgentEvent::Closed { code, reason } = &ev {
         tracing::info!(call = %ctx.key, code, reason = %reason, "agent conversation closed");
@@ -408,15 +430,23 @@ fn agent_event(ctx: &mut CallContext, media: &mut MediaOut, ev: AgentEvent) {
             ctx.row.conversation_id = Some(id);
             ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
         }
-        Ok(LinkAction::Reply(json)) => link.reply(json),
         Ok(LinkAction::Transfer { tool_call_id, destination }) => {
-            tracing::info!(call = %ctx.key, %destination, "agent asked to transfer the call; transfers are not available on this line");
-            let result = ClientMessage::ClientToolResult {
-                tool_call_id,
-                result: "Transferring calls is not available on this line.".into(),
-                is_error: true,
+            if destination.trim().is_empty() || media.transfer.is_some() {
+                let why = if media.transfer.is_some() {
+                    "a transfer is already in progress"
+                } else {
+                    "no destination given"
+                };
+                link.reply(tool_result(&tool_call_id, why, true));
+                return;
+            }
+            tracing::info!(call = %ctx.key, %destination, "agent transfers the call (REFER)");
+            media.transfer = Some(tool_call_id);
+            let command = SipCommand::Refer {
+                call: ctx.key,
+                target: destination,
             };
-            link.reply(result.to_json());
+            let _ = ctx.commands.send(command).await;
         }
         Err(e) => {
             tracing::warn!(call = %ctx.key, error = %e, "cannot bridge the agent's audio formats");
@@ -424,6 +454,44 @@ fn agent_event(ctx: &mut CallContext, media: &mut MediaOut, ev: AgentEvent) {
                 code: 1003,
                 reason: e.to_string(),
             });
+        }
+    }
+}
+
+fn tool_result(tool_call_id: &str, result: &str, is_error: bool) -> String {
+    ClientMessage::ClientToolResult {
+        tool_call_id: tool_call_id.to_owned(),
+        result: result.to_owned(),
+        is_error,
+    }
+    .to_json()
+}
+
+/// The transfer succeeded once the transferee's NOTIFY reports a 2xx: the
+/// caller has left us, so hang up (`transferred`). A failure goes back to the
+/// agent as the tool's error result and the conversation carries on.
+fn refer_progress(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, progress: ReferProgress, now: Instant) {
+    let Some(tool_call_id) = media.transfer.clone() else { return };
+    tracing::info!(call = %ctx.key, ?progress, "transfer progress");
+    let failed = match progress {
+        ReferProgress::Answered(s) if s >= 300 => Some(format!("the caller's phone refused the transfer ({s})")),
+        ReferProgress::Answered(_) => None,
+        ReferProgress::Notified { status, .. } if (200..300).contains(&status) => {
+            if let Some(link) = media.agent.as_mut() {
+                link.reply(tool_result(&tool_call_id, "The call was transferred.", false));
+            }
+            media.transfer = None;
+            call.handle(now, CallInput::End(EndReason::Transferred));
+            return;
+        }
+        ReferProgress::Notified { status, .. } if status >= 300 => Some(format!("the transfer target did not answer ({status})")),
+        ReferProgress::Notified { terminated: true, status } => Some(format!("the transfer ended without an answer ({status})")),
+        ReferProgress::Notified { .. } => None,
+    };
+    if let Some(why) = failed {
+        media.transfer = None;
+        if let Some(link) = media.agent.as_mut() {
+            link.reply(tool_result(&tool_call_id, &why, true));
         }
     }
 }

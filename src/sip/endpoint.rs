@@ -24,7 +24,7 @@ use super::message::{self, MessageWriter, RawMessage, Rejection, Request, Respon
 use super::{Flow, Transmit, Transport};
 
 /// Methods this UAS implements; sent in `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
 /// Methods that exist but we do not serve (405, not 501).
 const KNOWN_NOT_ALLOWED: &[&str] = &["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "PRACK"];
 
@@ -82,6 +82,18 @@ pub enum SipEvent {
     Reoffer { call: CallKey, body: Bytes },
     /// The dialog is gone (our BYE completed or timed out, or a rejection was acknowledged).
     Terminated { call: CallKey },
+    /// How a transfer is going (RFC 3515): the final response to our REFER, then
+    /// the status lines of the transferee's NOTIFYs. 408 when REFER got no answer.
+    Refer { call: CallKey, progress: ReferProgress },
+}
+
+/// One step of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferProgress {
+    /// The final response to the REFER (202 accepted, or a failure status).
+    Answered(u16),
+    /// A NOTIFY's `message/sipfrag` status line: the transferee's call to the target.
+    Notified { status: u16, terminated: bool },
 }
 
 #[derive(Debug)]
@@ -139,9 +151,10 @@ struct ServerTx {
     call: Option<CallKey>,
 }
 
-/// Our BYE's client transaction (Timers E, F, K).
+/// Our BYE's or REFER's client transaction (Timers E, F, K).
 #[derive(Debug)]
 struct ClientTx {
+    method: &'static str,
     branch: String,
     call: CallKey,
     flow: Flow,
@@ -839,6 +852,34 @@ impl Endpoint {
                 d.invite_request = Some(Box::new(req));
                 self.outputs.push_back(Output::Event(SipEvent::Reoffer { call, body }));
             }
+            "NOTIFY"
+                if req
+                    .headers
+                    .get("Event")
+                    .is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("refer")) =>
+            {
+                let id = self.new_server_tx(key, false, flow, None);
+                let resp = self.response(&req, 200, "OK", None, &[]);
+                self.send_final(now, id, resp, 200);
+                // The body is a message/sipfrag: "SIP/2.0 200 OK".
+                let status = std::str::from_utf8(&req.body)
+                    .ok()
+                    .and_then(|b| b.trim_start().strip_prefix("SIP/2.0 "))
+                    .and_then(|r| r.get(..3))
+                    .and_then(|c| c.parse().ok());
+                let terminated = req
+                    .headers
+                    .get("Subscription-State")
+                    .is_some_and(|s| s.trim().to_ascii_lowercase().starts_with("terminated"));
+                if let Some(status) = status {
+                    let progress = ReferProgress::Notified { status, terminated };
+                    self.outputs.push_back(Output::Event(SipEvent::Refer { call, progress }));
+                }
+            }
+            "NOTIFY" => {
+                let r = Rejection::new(489, "Bad Event: precall only subscribes to refer").with_header("Allow-Events", "refer");
+                self.refuse(now, flow, req, key, r);
+            }
             "UPDATE" | "INFO" | "OPTIONS" => {
                 let id = self.new_server_tx(key, false, flow, None);
                 let resp = self.response(&req, 200, "OK", None, &[("Allow", ALLOW.into())]);
@@ -903,16 +944,57 @@ impl Endpoint {
     }
 
     fn send_bye(&mut self, now: Instant, call: CallKey, reason: &str) {
-        let Timers { t1, .. } = self.config.timers;
         let Some(d) = self.dialogs.get_mut(&call) else { return };
         d.state = DialogState::Terminating;
         d.pending_2xx = None;
         d.retransmit_at = None;
         d.give_up_at = None;
+        // RFC 3326: say why, so the far end's CDRs show it.
+        self.send_in_dialog(now, call, "BYE", &[("Reason", format!("SIP;cause=200;text=\"{reason}\""))]);
+    }
+
+    /// Transfers the caller (RFC 3515): REFER to the caller's UA, along the
+    /// dialog's route set, so the caller's side places the new call. A bare
+    /// number becomes a SIP URI on the caller's own domain (their PBX or trunk
+    /// routes it). Progress comes back as [`SipEvent::Refer`]. False when the
+    /// call is not in a confirmed dialog.
+    pub fn refer(&mut self, now: Instant, call: CallKey, target: &str) -> bool {
+        let Some(d) = self.dialogs.get(&call).filter(|d| d.state == DialogState::Confirmed) else {
+            return false;
+        };
+        let target = target.trim();
+        let uri = if ["sip:", "sips:", "tel:"].iter().any(|p| target.to_ascii_lowercase().starts_with(p)) {
+            target.to_owned()
+        } else {
+            let host = NameAddr::parse("From", &d.remote_party)
+                .ok()
+                .and_then(|n| {
+                    n.uri
+                        .as_str()
+                        .split_once('@')
+                        .map(|(_, h)| h.split([';', '>']).next().unwrap_or(h).to_owned())
+                })
+                .unwrap_or_else(|| d.flow.remote.to_string());
+            format!("sip:{target}@{host}")
+        };
+        let contact = format!("<sip:precall@{}>", self.config.public_addr.unwrap_or(d.flow.local));
+        let referred_by = NameAddr::parse("To", &d.local_party).map_or_else(|_| contact.clone(), |n| format!("<{}>", n.uri.as_str()));
+        self.send_in_dialog(
+            now,
+            call,
+            "REFER",
+            &[("Refer-To", format!("<{uri}>")), ("Referred-By", referred_by), ("Contact", contact)],
+        );
+        true
+    }
+
+    fn send_in_dialog(&mut self, now: Instant, call: CallKey, method: &'static str, extra: &[(&str, String)]) {
+        let Timers { t1, .. } = self.config.timers;
+        let Some(d) = self.dialogs.get_mut(&call) else { return };
         d.local_cseq += 1;
         let branch = format!("z9hG4bK{}", random_token(16));
         let flow = d.flow;
-        let mut w = MessageWriter::request("BYE", &d.remote_target);
+        let mut w = MessageWriter::request(method, &d.remote_target);
         let via_host = self.config.public_addr.unwrap_or(flow.local);
         w.header(
             "Via",
@@ -925,9 +1007,10 @@ impl Endpoint {
         w.header("From", &d.local_party);
         w.header("To", &d.remote_party);
         w.header("Call-ID", &d.call_id);
-        w.header("CSeq", format!("{} BYE", d.local_cseq));
-        // RFC 3326: say why, so the far end's CDRs show it.
-        w.header("Reason", format!("SIP;cause=200;text=\"{reason}\""));
+        w.header("CSeq", format!("{} {method}", d.local_cseq));
+        for (name, value) in extra {
+            w.header(name, value);
+        }
         w.header("User-Agent", &self.config.user_agent);
         let request = w.finish(None, &[]);
         let id = self.next_id();
@@ -937,6 +1020,7 @@ impl Endpoint {
         self.client.insert(
             id,
             ClientTx {
+                method,
                 branch,
                 call,
                 flow,
@@ -956,30 +1040,38 @@ impl Endpoint {
         let Some(&id) = self.client_index.get(branch) else { return };
         let t4 = self.config.timers.t4;
         let Some(tx) = self.client.get_mut(&id) else { return };
-        if resp.cseq.method != "BYE" || resp.status < 200 || tx.done {
+        if resp.cseq.method != tx.method || resp.status < 200 || tx.done {
             // A provisional response stops Timer E only on the next final (§17.1.2.2):
             // keep retransmitting at T2 meanwhile, as the RFC allows.
             return;
         }
         tx.done = true;
         tx.retransmit_at = None;
-        let call = tx.call;
+        let (call, method) = (tx.call, tx.method);
         // Timer K absorbs retransmitted responses.
         let k = if tx.flow.transport.is_reliable() { Duration::ZERO } else { t4 };
         tx.expires_at = now + k;
         self.schedule(now + k, TimerId::Client(id));
-        self.finish_call(call);
+        if method == "REFER" {
+            let progress = ReferProgress::Answered(resp.status);
+            self.outputs.push_back(Output::Event(SipEvent::Refer { call, progress }));
+        } else {
+            self.finish_call(call);
+        }
     }
 
     fn client_timer(&mut self, now: Instant, id: u64) {
         let t2 = self.config.timers.t2;
         let Some(tx) = self.client.get_mut(&id) else { return };
         if tx.expires_at <= now {
-            let (call, done) = (tx.call, tx.done);
+            let (call, done, method) = (tx.call, tx.done, tx.method);
             let branch = tx.branch.clone();
             self.client.remove(&id);
             self.client_index.remove(&branch);
-            if !done {
+            if !done && method == "REFER" {
+                let progress = ReferProgress::Answered(408);
+                self.outputs.push_back(Output::Event(SipEvent::Refer { call, progress }));
+            } else if !done {
                 // Timer F: the far end never answered our BYE; the call is over anyway.
                 self.finish_call(call);
             }
