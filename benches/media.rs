@@ -126,5 +126,35 @@ fn sip(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codecs, rtp, sip);
+/// The bridge's per-frame work in each direction, resampled (PCM 16 kHz agent)
+/// and passthrough (μ-law agent).
+fn bridge(c: &mut Criterion) {
+    use precall::elevenlabs::agent::AudioFormat;
+    use precall::media::bridge::Bridge;
+    let frame = [0x55u8; 160];
+    let agent_20ms: Vec<u8> = (0..320i16).flat_map(|i| (i * 37).to_le_bytes()).collect();
+    let mut out = Vec::with_capacity(1024);
+    for (name, format) in [("pcm_16000", AudioFormat::Pcm(16000)), ("ulaw_8000", AudioFormat::Ulaw8000)] {
+        let mut b = Bridge::new(G711::Ulaw, format, format, 10).unwrap();
+        c.bench_function(&format!("bridge caller->agent 20 ms ({name})"), |bench| {
+            bench.iter(|| {
+                out.clear();
+                b.caller_frame(Some(black_box(&frame)), &mut out);
+            })
+        });
+        let agent = if format == AudioFormat::Ulaw8000 {
+            &frame[..]
+        } else {
+            &agent_20ms[..]
+        };
+        c.bench_function(&format!("bridge agent->caller 20 ms ({name})"), |bench| {
+            bench.iter(|| {
+                b.agent_audio(1, black_box(agent));
+                black_box(b.next_frame());
+            })
+        });
+    }
+}
+
+criterion_group!(benches, codecs, rtp, sip, bridge);
 criterion_main!(benches);

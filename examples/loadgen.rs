@@ -131,6 +131,7 @@ async fn one_call(n: usize, a: &Args) -> CallResult {
     if a.send_rtp {
         let mut pkt = [0xFFu8; 172];
         pkt[0] = 0x80;
+        pkt[1] = 0; // PCMU, no marker
         pkt[8..12].copy_from_slice(&(n as u32).to_be_bytes());
         let mut seq = 0u16;
         let mut next = Instant::now();

@@ -48,6 +48,8 @@ pub struct Bridge {
     max_queue: usize,
     /// Agent audio with `event_id` at or below this belongs to an interrupted turn.
     interrupted_through: Option<u64>,
+    /// The agent turn whose audio is flowing (its `event_id`).
+    turn: Option<u64>,
     /// Ticks a partial last frame has waited for the rest of its samples.
     partial_waits: u8,
     frame: [u8; FRAME_SAMPLES],
@@ -79,6 +81,7 @@ impl Bridge {
             queue: VecDeque::with_capacity(8000),
             max_queue: 8000 * max_queue_seconds.max(1) as usize,
             interrupted_through: None,
+            turn: None,
             partial_waits: 0,
             frame: [codec.silence(); FRAME_SAMPLES],
             pcm: Vec::with_capacity(4096),
@@ -129,6 +132,13 @@ impl Bridge {
             self.stats.stale_chunks += 1;
             return false;
         }
+        if self.turn != Some(event_id) {
+            // A new turn: the previous one's tail is still in the resampler.
+            if self.turn.is_some() {
+                self.end_turn();
+            }
+            self.turn = Some(event_id);
+        }
         let room = self.max_queue.saturating_sub(self.queue.len());
         match self.output {
             AudioFormat::Ulaw8000 => {
@@ -158,10 +168,25 @@ impl Bridge {
         true
     }
 
+    fn end_turn(&mut self) {
+        self.resampled.clear();
+        self.down.finish(&mut self.resampled);
+        let room = self.max_queue.saturating_sub(self.queue.len());
+        let take = self.resampled.len().min(room);
+        let codec = self.codec;
+        self.queue.extend(self.resampled[..take].iter().map(|&s| match codec {
+            G711::Ulaw => g711::ulaw_encode(s),
+            G711::Alaw => g711::alaw_encode(s),
+        }));
+    }
+
     /// Barge-in: the caller spoke over the agent. Flushes everything queued.
     pub fn interruption(&mut self, event_id: u64) {
         self.stats.interruptions += 1;
         self.stats.flushed_frames += self.queued_frames() as u64;
+        self.resampled.clear();
+        self.down.finish(&mut self.resampled); // discarded: the interrupted turn must not play
+        self.turn = None;
         self.queue.clear();
         self.partial_waits = 0;
         self.interrupted_through = Some(self.interrupted_through.map_or(event_id, |n| n.max(event_id)));
@@ -176,6 +201,12 @@ impl Bridge {
     /// the agent is silent. A partial tail frame waits one tick for the rest of
     /// its samples, then plays padded with silence.
     pub fn next_frame(&mut self) -> Option<&[u8]> {
+        if self.queue.is_empty() && self.down.is_dirty() {
+            // Playback caught up with the agent (its turn is over, it arrives
+            // faster than real time): let the resampler's tail out now.
+            self.end_turn();
+            self.turn = None;
+        }
         let n = self.queue.len();
         if n == 0 {
             return None;

@@ -27,6 +27,8 @@ pub struct StreamResampler {
     /// Leading output samples still to drop: the filter's start-up delay, which
     /// would otherwise add that much silence (and latency) to the stream.
     trim: usize,
+    /// Audio went in since the last start.
+    dirty: bool,
 }
 
 impl std::fmt::Debug for StreamResampler {
@@ -47,6 +49,7 @@ impl StreamResampler {
                 pending: Vec::new(),
                 out: Vec::new(),
                 trim: 0,
+                dirty: false,
             });
         }
         let chunk = (from / 50) as usize;
@@ -60,6 +63,7 @@ impl StreamResampler {
             pending: Vec::with_capacity(inner.input_frames_max() * 2),
             out: vec![0.0; inner.output_frames_max()],
             trim,
+            dirty: false,
             inner: Some(inner),
         })
     }
@@ -71,6 +75,7 @@ impl StreamResampler {
             output.extend_from_slice(input);
             return;
         };
+        self.dirty = true;
         self.pending.extend(input.iter().map(|&s| f32::from(s) / 32768.0));
         loop {
             let need = inner.input_frames_next();
@@ -99,6 +104,41 @@ impl StreamResampler {
                     .map(|&x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16),
             );
         }
+    }
+}
+
+impl StreamResampler {
+    /// Ends a stretch of audio (an agent turn): pads what is pending with
+    /// silence, drains the filter's delay into `output`, and starts afresh, so
+    /// the next turn neither waits behind nor begins with the end of this one.
+    pub fn finish(&mut self, output: &mut Vec<i16>) {
+        if !self.dirty {
+            return; // nothing since the last start
+        }
+        let Some(inner) = self.inner.as_mut() else { return };
+        let delay = inner.output_delay();
+        let chunk = inner.input_frames_next();
+        let want = output.len() + (self.pending.len() * inner.output_frames_next()).div_ceil(chunk) + delay;
+        let pad = chunk - self.pending.len() % chunk;
+        let zeros = [0i16; 2048];
+        let mut remaining = pad + chunk * delay.div_ceil(inner.output_frames_next()).max(1);
+        while remaining > 0 {
+            let n = remaining.min(zeros.len());
+            self.push(&zeros[..n], output);
+            remaining -= n;
+        }
+        output.truncate(want);
+        if let Some(inner) = self.inner.as_mut() {
+            inner.reset();
+            self.trim = inner.output_delay();
+        }
+        self.pending.clear();
+        self.dirty = false;
+    }
+
+    /// Whether audio went in since the last start (or [`finish`](Self::finish)).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 }
 
@@ -145,6 +185,18 @@ mod tests {
             let corr = dot / (a.sqrt() * b.sqrt());
             assert!(corr > 0.95, "{from}->{to}: correlation {corr}");
         }
+    }
+
+    #[test]
+    fn finish_drains_the_tail_and_restarts_without_it() {
+        let mut r = StreamResampler::new(16000, 8000).unwrap();
+        let mut out = Vec::new();
+        r.push(&tone(16000, 440.0, 4000), &mut out); // 250 ms: 12.5 chunks
+        r.finish(&mut out);
+        assert!((1995..=2010).contains(&out.len()), "the whole turn comes out: {}", out.len());
+        let mut next = Vec::new();
+        r.push(&[0i16; 320], &mut next);
+        assert!(next.iter().all(|&s| s.abs() < 50), "no leftovers of the previous turn: {next:?}");
     }
 
     #[test]

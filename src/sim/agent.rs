@@ -95,13 +95,19 @@ pub struct ConversationRecord {
     pub spoken_seconds: f64,
     /// How it ended: `client <code>` or `agent <code>`.
     pub closed: Option<String>,
+    /// When caller speech began arriving (a loud chunk after quiet), for latency measurement.
+    pub speech_onsets: Vec<Instant>,
+    /// When each agent turn's audio started going out.
+    pub turn_starts: Vec<Instant>,
 }
 
 struct Turn {
+    loud: bool,
     event_id: u64,
     speaking_until: Instant,
     speech_ms: u32,
     quiet_ms: u32,
+    started: Vec<Instant>,
 }
 
 pub(super) async fn session(mut socket: WebSocket, state: Arc<SimState>, agent_id: String, mut actions: broadcast::Receiver<AgentAction>) {
@@ -153,10 +159,12 @@ pub(super) async fn session(mut socket: WebSocket, state: Arc<SimState>, agent_i
         return;
     }
     let mut turn = Turn {
+        loud: false,
         event_id: 1,
         speaking_until: Instant::now(),
         speech_ms: 0,
         quiet_ms: 0,
+        started: Vec::new(),
     };
     if say(&mut socket, &knobs, &voice, &first_message, knobs.first_message_seconds, &mut turn)
         .await
@@ -164,7 +172,11 @@ pub(super) async fn session(mut socket: WebSocket, state: Arc<SimState>, agent_i
     {
         return;
     }
-    record(&mut |c| c.spoken_seconds += knobs.first_message_seconds);
+    let started = std::mem::take(&mut turn.started);
+    record(&mut |c| {
+        c.spoken_seconds += knobs.first_message_seconds;
+        c.turn_starts.extend_from_slice(&started);
+    });
     let mut ping = tokio::time::interval(knobs.ping_interval);
     ping.tick().await;
     let mut ping_id = 0u64;
@@ -232,6 +244,8 @@ pub(super) async fn session(mut socket: WebSocket, state: Arc<SimState>, agent_i
                 break format!("agent {code}");
             }
         }
+        let started = std::mem::take(&mut turn.started);
+        record(&mut |c| c.turn_starts.extend_from_slice(&started));
     };
     record(&mut |c| c.closed = Some(ended.clone()));
 }
@@ -249,6 +263,11 @@ fn on_message(msg: &Value, knobs: &AgentKnobs, turn: &mut Turn, index: usize, st
         conv.chunks += 1;
         let room = (conv.input_rate as usize * 120).saturating_sub(conv.received.len());
         conv.received.extend_from_slice(&pcm[..pcm.len().min(room)]);
+        let loud = rms(&pcm) > 1000.0;
+        if loud && !turn.loud {
+            conv.speech_onsets.push(Instant::now());
+        }
+        turn.loud = loud;
         drop(inner);
         return hear(&pcm, knobs, turn);
     }
@@ -278,9 +297,8 @@ fn hear(pcm: &[i16], knobs: &AgentKnobs, turn: &mut Turn) -> Option<AgentAction>
         return None;
     }
     let ms = (pcm.len() as u64 * 1000 / u64::from(knobs.input_format.rate())) as u32;
-    let energy = pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len() as f64;
     let speaking = Instant::now() < turn.speaking_until;
-    if energy.sqrt() > 1000.0 {
+    if rms(pcm) > 1000.0 {
         turn.speech_ms += ms;
         turn.quiet_ms = 0;
         if speaking && turn.speech_ms >= 200 {
@@ -297,6 +315,10 @@ fn hear(pcm: &[i16], knobs: &AgentKnobs, turn: &mut Turn) -> Option<AgentAction>
     None
 }
 
+fn rms(pcm: &[i16]) -> f64 {
+    (pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len().max(1) as f64).sqrt()
+}
+
 async fn say(
     socket: &mut WebSocket,
     knobs: &AgentKnobs,
@@ -306,6 +328,7 @@ async fn say(
     turn: &mut Turn,
 ) -> Result<(), axum::Error> {
     let event_id = turn.event_id;
+    turn.started.push(Instant::now());
     send(
         socket,
         json!({"type": "agent_response", "agent_response_event": {"agent_response": text, "event_id": event_id}}),
