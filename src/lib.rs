@@ -17,3 +17,4 @@ pub mod sim;
 pub mod sip;
 pub mod store;
 pub mod systemd;
+pub mod twilio;

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod rest;
+pub mod webhook;
 pub mod ws;
 
 use std::path::Path;
