@@ -119,6 +119,8 @@ pub struct ElevenLabsSection {
     pub agent_idle_timeout_seconds: u64,
     /// How far ahead of playback agent audio may queue per call.
     pub agent_max_queue_seconds: u32,
+    /// The post-call webhook's HMAC secret (`ElevenLabs-Signature`).
+    pub webhook_secret: String,
 }
 
 impl Default for ElevenLabsSection {
@@ -139,6 +141,7 @@ impl Default for ElevenLabsSection {
             agent_connect_timeout_seconds: 10,
             agent_idle_timeout_seconds: 30,
             agent_max_queue_seconds: 120,
+            webhook_secret: String::new(),
         }
     }
 }
@@ -254,6 +257,50 @@ impl Default for CloneSection {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// The HTTP listener (Twilio webhooks and Media Streams, the post-call
+    /// webhook, health, metrics, admin API); empty = no listener.
+    pub listen: String,
+    /// Comma-separated CIDRs allowed to reach the webhooks and the admin API
+    /// (health and metrics stay open); empty = anyone.
+    pub allow_cidrs: String,
+    /// Largest request body (post-call audio, sample uploads).
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "0.0.0.0:3006".into(),
+            allow_cidrs: String::new(),
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioSection {
+    /// The account's Auth Token: the key of `X-Twilio-Signature` (HMAC-SHA1).
+    pub auth_token: String,
+    /// A webhook shared key for the HMAC-SHA256 variant, when Twilio is set up to use one.
+    pub webhook_signing_key: String,
+    /// The public base URL Twilio calls (`https://voice.example.com`), so
+    /// signatures verify behind a TLS proxy; empty = rebuilt from the Host header.
+    pub public_url: String,
+    /// Local testing only: accept unsigned webhooks (a loud warning at start).
+    pub skip_signature_validation: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// The admin API key (`Authorization: Bearer` or `X-API-Key`); empty = the admin API answers 401 to everyone.
+    pub key: String,
+}
+
 /// The raw, deserialised settings (what `check-config` prints).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -268,6 +315,9 @@ pub struct RawSettings {
     pub node: NodeSection,
     pub clone: CloneSection,
     pub elevenlabs: ElevenLabsSection,
+    pub http: HttpSection,
+    pub twilio: TwilioSection,
+    pub api: ApiSection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +339,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub node_id: String,
+    pub http_listen: Option<SocketAddr>,
+    pub http_allow: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -329,6 +381,10 @@ impl Settings {
             ("ELEVENLABS_API_KEY", "PRECALL_ELEVENLABS__API_KEY"),
             ("CLONE_MAX_WAIT_SECONDS", "PRECALL_CLONE__MAX_WAIT_SECONDS"),
             ("ELEVENLABS_AGENT_ID", "PRECALL_ELEVENLABS__AGENT_ID"),
+            ("ELEVENLABS_WEBHOOK_SECRET", "PRECALL_ELEVENLABS__WEBHOOK_SECRET"),
+            ("TWILIO_AUTH_TOKEN", "PRECALL_TWILIO__AUTH_TOKEN"),
+            ("SKIP_WEBHOOK_SIGNATURE_VALIDATION", "PRECALL_TWILIO__SKIP_SIGNATURE_VALIDATION"),
+            ("API_KEY", "PRECALL_API__KEY"),
             ("GREETING_MESSAGE", "PRECALL_GREETING__MESSAGE"),
             ("GREETING_VOICE_ID", "PRECALL_GREETING__VOICE_ID"),
             ("GREETING_MUSIC_ENABLED", "PRECALL_GREETING__MUSIC_ENABLED"),
@@ -336,6 +392,9 @@ impl Settings {
             if let Some(v) = env.get(seed) {
                 precall.entry(key.into()).or_insert_with(|| v.clone());
             }
+        }
+        if let Some(port) = env.get("HTTP_PORT").filter(|p| !p.is_empty()) {
+            precall.entry("PRECALL_HTTP__LISTEN".into()).or_insert_with(|| format!("0.0.0.0:{port}"));
         }
         if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
             precall.entry("PRECALL_DATABASE__URL".into()).or_insert_with(|| url.clone());
@@ -486,7 +545,34 @@ impl Settings {
             return Err(invalid("clone.cache_ttl_hours", "must be at least 1"));
         }
         let node_id = if raw.node.id.is_empty() { hostname() } else { raw.node.id.clone() };
+        let http_listen = if raw.http.listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = raw
+                .http
+                .listen
+                .parse()
+                .map_err(|_| invalid("http.listen", format!("{:?} is not IP:port", raw.http.listen)))?;
+            Some(addr)
+        };
+        let http_allow = raw
+            .http
+            .allow_cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| invalid("http.allow_cidrs", format!("{c:?} is not a CIDR or an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
         Ok(Settings {
+            http_listen,
+            http_allow,
             sip_listen,
             public_addr,
             rtp_ports: (lo_even, hi_even),
@@ -521,7 +607,7 @@ impl Settings {
 fn mask(value: &mut toml::Value) {
     if let toml::Value::Table(table) = value {
         for (k, v) in table.iter_mut() {
-            let secret = ["password", "secret", "token", "api_key"].iter().any(|s| k.contains(s));
+            let secret = ["password", "secret", "token", "api_key", "signing_key"].iter().any(|s| k.contains(s)) || k == "key";
             match v {
                 toml::Value::String(s) if secret && !s.is_empty() => *s = "********".into(),
                 other => mask(other),

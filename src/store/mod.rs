@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Executor};
 use thiserror::Error;
 
 pub use records::{CachedVoice, CallRow, CallerMapping, CloneAttempt, CloneEvent, Record, Sample};
-pub use repo::CloneLock;
+pub use repo::{CloneLock, PostCallResult, Statistics};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -40,6 +40,8 @@ pub struct StoredCall {
     pub row: CallRow,
     pub transcript: Option<String>,
     pub summary: Option<String>,
+    pub call_successful: Option<String>,
+    pub agent_duration_secs: Option<i64>,
 }
 
 /// One voice sample file of a caller mapping.

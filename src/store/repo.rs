@@ -26,7 +26,7 @@ const CALL_ROWS_PER_STATEMENT: usize = 100;
 
 const CALL_COLUMNS: &str = "call_id, revision, node_id, protocol, external_id, caller, callee, started_at, answered_at, bridged_at, \
      ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, rtp_in_max_jitter_us, \
-     rtp_out_packets, transcript, summary";
+     rtp_out_packets, transcript, summary, call_successful, agent_duration_secs";
 
 impl Store {
     // ---- call_log ----------------------------------------------------------------
@@ -102,6 +102,101 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
+    }
+
+    /// The post-call webhook's verdict on a conversation; false when no call has it.
+    pub async fn record_post_call(&self, result: &PostCallResult<'_>) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE call_log SET transcript = $1, summary = $2, call_successful = $3, agent_duration_secs = $4 WHERE conversation_id = $5",
+        )
+        .bind(result.transcript)
+        .bind(result.summary)
+        .bind(result.call_successful)
+        .bind(result.duration_secs)
+        .bind(result.conversation_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Keeps one webhook delivery (matched or not).
+    pub async fn insert_webhook_event(
+        &self,
+        event_type: &str,
+        conversation_id: Option<&str>,
+        matched: bool,
+        payload: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO webhook_events (received_at, event_type, conversation_id, matched, payload) VALUES ($1, $2, $3, $4, $5)")
+            .bind(super::now_ms())
+            .bind(event_type)
+            .bind(conversation_id)
+            .bind(i64::from(matched))
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Webhook deliveries for a conversation: (type, matched, payload).
+    pub async fn webhook_events(&self, conversation_id: &str) -> Result<Vec<(String, bool, String)>, StoreError> {
+        let rows = sqlx::query("SELECT event_type, matched, payload FROM webhook_events WHERE conversation_id = $1 ORDER BY id")
+            .bind(conversation_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let matched: i64 = r.try_get("matched")?;
+                Ok((r.try_get("event_type")?, matched != 0, r.try_get("payload")?))
+            })
+            .collect()
+    }
+
+    /// A cheap round trip, for `/health`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1 AS one").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Figures for the admin API's statistics since `since` (unix ms).
+    pub async fn statistics(&self, since: i64) -> Result<Statistics, StoreError> {
+        let rows = sqlx::query(
+            "SELECT protocol, COALESCE(end_reason, 'in_progress') AS reason, COUNT(*) AS n FROM call_log WHERE started_at >= $1 GROUP BY protocol, COALESCE(end_reason, 'in_progress')",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = Statistics::default();
+        for r in &rows {
+            let protocol: String = r.try_get("protocol")?;
+            let reason: String = r.try_get("reason")?;
+            let n: i64 = r.try_get("n")?;
+            *stats.calls_by_protocol.entry(protocol).or_default() += n;
+            *stats.calls_by_outcome.entry(reason).or_default() += n;
+            stats.calls += n;
+        }
+        let rows = sqlx::query("SELECT clone_outcome, COUNT(*) AS n FROM call_log WHERE started_at >= $1 AND clone_outcome IS NOT NULL GROUP BY clone_outcome")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in &rows {
+            let outcome: String = r.try_get("clone_outcome")?;
+            let n: i64 = r.try_get("n")?;
+            stats.clone_outcomes.insert(outcome, n);
+        }
+        let rows = sqlx::query(
+            "SELECT latency_ms FROM voice_clone_log WHERE started_at >= $1 AND latency_ms IS NOT NULL AND voice_id IS NOT NULL ORDER BY latency_ms LIMIT 100000",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let latencies = rows.iter().map(|r| r.try_get::<i64, _>("latency_ms")).collect::<Result<Vec<_>, _>>()?;
+        if !latencies.is_empty() {
+            stats.clone_ms_avg = Some(latencies.iter().sum::<i64>() as f64 / latencies.len() as f64);
+            stats.clone_ms_p95 = latencies.get((latencies.len() * 95).div_ceil(100).saturating_sub(1)).copied();
+        }
+        stats.clones = latencies.len() as i64;
+        Ok(stats)
     }
 
     // ---- caller_voice_mapping ------------------------------------------------------
@@ -542,6 +637,8 @@ fn stored_call(r: &AnyRow) -> Result<StoredCall, StoreError> {
         },
         transcript: r.try_get("transcript")?,
         summary: r.try_get("summary")?,
+        call_successful: r.try_get("call_successful")?,
+        agent_duration_secs: r.try_get("agent_duration_secs")?,
     })
 }
 
@@ -585,4 +682,27 @@ fn cached_voice(r: &AnyRow) -> Result<CachedVoice, StoreError> {
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
     })
+}
+
+/// What the post-call webhook stores on a call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostCallResult<'a> {
+    pub conversation_id: &'a str,
+    pub transcript: &'a str,
+    pub summary: Option<&'a str>,
+    pub call_successful: Option<&'a str>,
+    pub duration_secs: Option<i64>,
+}
+
+/// The admin API's statistics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Statistics {
+    pub calls: i64,
+    pub calls_by_outcome: std::collections::BTreeMap<String, i64>,
+    pub calls_by_protocol: std::collections::BTreeMap<String, i64>,
+    pub clone_outcomes: std::collections::BTreeMap<String, i64>,
+    /// Successful clone requests and their latency.
+    pub clones: i64,
+    pub clone_ms_avg: Option<f64>,
+    pub clone_ms_p95: Option<i64>,
 }
