@@ -26,7 +26,7 @@ run() { # label daemon-url bench-url
   local label=$1 url=$2 bench=$3 dir
   dir=$(mktemp -d)
   echo "## $label"
-  PRECALL_SIP__LISTEN=127.0.0.1:5070 PRECALL_LOG__LEVEL=warn PRECALL_LIMITS__MAX_CALLS=2000 PRECALL_DATA__DIR="$dir" \
+  PRECALL_SIP__LISTEN=127.0.0.1:5070 PRECALL_HTTP__LISTEN=127.0.0.1:3016 PRECALL_LOG__LEVEL=warn PRECALL_LIMITS__MAX_CALLS=2000 PRECALL_DATA__DIR="$dir" \
     DATABASE_URL="$url" target/release/precall serve >"$OUT/load-db-$label.log" 2>&1 &
   local pid=$!
   PIDS+=($pid)

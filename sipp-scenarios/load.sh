@@ -16,7 +16,7 @@ OUT=sipp-scenarios/logs
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
 
-PRECALL_SIP__LISTEN=127.0.0.1:5070 PRECALL_LOG__LEVEL=warn PRECALL_LIMITS__MAX_CALLS=2000 "$BIN" serve >"$OUT/load-daemon.log" 2>&1 &
+PRECALL_SIP__LISTEN=127.0.0.1:5070 PRECALL_HTTP__LISTEN=127.0.0.1:3016 PRECALL_LOG__LEVEL=warn PRECALL_LIMITS__MAX_CALLS=2000 "$BIN" serve >"$OUT/load-daemon.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 sleep 0.5

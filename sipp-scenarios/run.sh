@@ -44,8 +44,8 @@ MAIN_DATA="$PWD/$LOGS/main-data"
 rm -rf "$MAIN_DATA"
 PRECALL_DATA__DIR="$MAIN_DATA" "$BIN" callers add +15550001 audio/caller-pcmu.wav --name "SIPp caller one" >"$LOGS/callers.out" 2>&1 \
   || { echo "run.sh: precall callers add failed:"; cat "$LOGS/callers.out"; exit 1; }
-start_daemon main 127.0.0.1:5070 PRECALL_RTP__PORT_MIN=30000 PRECALL_RTP__PORT_MAX=30998 PRECALL_DATA__DIR="$MAIN_DATA"
-start_daemon ringing 127.0.0.1:5072 PRECALL_RTP__PORT_MIN=31000 PRECALL_RTP__PORT_MAX=31998 PRECALL_SIP__ANSWER_DELAY_MS=3000
+start_daemon main 127.0.0.1:5070 PRECALL_HTTP__LISTEN=127.0.0.1:3016 PRECALL_RTP__PORT_MIN=30000 PRECALL_RTP__PORT_MAX=30998 PRECALL_DATA__DIR="$MAIN_DATA"
+start_daemon ringing 127.0.0.1:5072 PRECALL_HTTP__LISTEN=127.0.0.1:0 PRECALL_RTP__PORT_MIN=31000 PRECALL_RTP__PORT_MAX=31998 PRECALL_SIP__ANSWER_DELAY_MS=3000
 
 FAILED=0
 scenario() { # label args...

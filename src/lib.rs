@@ -11,6 +11,7 @@ pub mod callers;
 pub mod clone;
 pub mod config;
 pub mod elevenlabs;
+pub mod http;
 pub mod media;
 pub mod server;
 pub mod sim;

@@ -289,7 +289,29 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             },
         );
         clone.spawn_sweeper(Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
-        let handle = server::start(settings, prompts, records.clone(), Some(clone), agent).await?;
+        let greeting_wav = precall::http::ulaw_wav(&prompts.greeting);
+        let apology_ulaw: Vec<u8> = prompts.apology.pcm().iter().map(|&x| precall::media::g711::ulaw_encode(x)).collect();
+        let http_listen = settings.http_listen;
+        let agent_backend = if settings.raw.elevenlabs.api_key.is_empty() { "simulator" } else { "elevenlabs" };
+        let http_settings = settings.clone();
+        let handle = server::start(settings, prompts, records.clone(), Some(clone.clone()), agent.clone()).await?;
+        let (http_stop, http_stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(listen) = http_listen {
+            let ctx = precall::http::HttpContext {
+                settings: http_settings,
+                store: store.clone(),
+                records: records.clone(),
+                clone: Some(clone),
+                agent,
+                stats: handle.stats.clone(),
+                agent_backend,
+                greeting_wav,
+                apology_ulaw: apology_ulaw.into(),
+            };
+            precall::http::start(ctx, listen, http_stop_rx)
+                .await
+                .with_context(|| format!("binding the HTTP listener on {listen} (http.listen)"))?;
+        }
         // READY only once SIP listens and the database is migrated (the writer is
         // ready when its first flush completes).
         while !records.flush(Duration::from_secs(5)).await {
@@ -304,6 +326,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         precall::systemd::stopping("draining calls");
         handle.shutdown();
         handle.wait().await;
+        let _ = http_stop.send(true);
         records.shutdown(Duration::from_secs(10)).await;
         store.close().await;
         anyhow::Ok(())

@@ -61,6 +61,7 @@ fn notify_protocol_reload_and_stop() {
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .env("PRECALL_SIP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PRECALL_HTTP__LISTEN", "127.0.0.1:0")
         .env("PRECALL_RTP__PORT_MIN", "42000")
         .env("PRECALL_RTP__PORT_MAX", "42098")
         .env("PRECALL_DATA__DIR", dir.path().join("data"))

@@ -41,7 +41,7 @@ export PRECALL_LIMITS__DRAIN_SECONDS=15
 "$BIN" callers add +15550099 "$ROOT/sipp-scenarios/audio/caller-pcmu.wav" >"$LOGS/callers.log" 2>&1
 
 start_node() { # name port rtp_min
-  PRECALL_NODE__ID=$1 PRECALL_SIP__LISTEN=127.0.0.1:$2 PRECALL_RTP__PORT_MIN=$3 PRECALL_RTP__PORT_MAX=$(($3 + 998)) \
+  PRECALL_NODE__ID=$1 PRECALL_SIP__LISTEN=127.0.0.1:$2 PRECALL_HTTP__LISTEN=127.0.0.1:0 PRECALL_RTP__PORT_MIN=$3 PRECALL_RTP__PORT_MAX=$(($3 + 998)) \
     "$BIN" serve >"$LOGS/node-$1.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 50); do grep -q "listening for SIP" "$LOGS/node-$1.log" && return 0; sleep 0.1; done

@@ -199,6 +199,13 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
     }
     ctx.records.submit(Record::Call(Box::new(row)));
     let bridge = media.agent.as_ref().and_then(AgentLink::bridge_stats).unwrap_or_default();
+    metrics::counter!("precall_calls_total", "protocol" => "sip", "reason" => reason.as_str().to_owned()).increment(1);
+    if let Some(s) = media.sender.as_ref() {
+        metrics::counter!("precall_rtp_packets_sent_total").increment(s.packets_sent());
+    }
+    metrics::counter!("precall_rtp_packets_received_total").increment(stats.packets);
+    metrics::counter!("precall_rtp_packets_lost_total").increment(stats.lost.max(0) as u64);
+    metrics::counter!("precall_rtp_packets_ignored_total").increment(media.ignored + stats.malformed);
     tracing::info!(
         call = %ctx.key,
         call_id = %ctx.sip_call_id,
@@ -371,6 +378,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
         },
         Some(CallEvent::CloneResolved(r)) => {
             tracing::info!(call = %ctx.key, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
+            crate::clone::record_metrics(&r);
             ctx.row.revision += 1;
             ctx.row.clone_outcome = Some(r.outcome.as_str().to_owned());
             ctx.row.voice_id = Some(r.voice_id.clone());

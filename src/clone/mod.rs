@@ -70,6 +70,12 @@ pub struct Resolution {
     pub caller_id: Option<String>,
 }
 
+/// Counts a call's voice decision for `/metrics` (cache hit/miss, time waited).
+pub fn record_metrics(r: &Resolution) {
+    ::metrics::counter!("precall_clone_outcomes_total", "outcome" => r.outcome.as_str()).increment(1);
+    ::metrics::histogram!("precall_clone_wait_seconds").record(r.waited.as_secs_f64());
+}
+
 /// What a finished clone task reports to everyone waiting on it.
 type Shared = Option<Result<(String, bool), String>>;
 

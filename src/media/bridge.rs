@@ -197,6 +197,18 @@ impl Bridge {
         self.queue.len().div_ceil(FRAME_SAMPLES)
     }
 
+    /// Everything queued, at once (Twilio plays what it is sent in order, so a
+    /// Media Stream needs no pacing). `end_of_turn` also lets out the
+    /// resampler's tail: call it when the agent has gone quiet.
+    pub fn take_queued(&mut self, out: &mut Vec<u8>, end_of_turn: bool) {
+        if end_of_turn && self.down.is_dirty() {
+            self.end_turn();
+            self.turn = None;
+        }
+        self.stats.frames_from_agent += self.queue.len().div_ceil(FRAME_SAMPLES) as u64;
+        out.extend(self.queue.drain(..));
+    }
+
     /// The next 20 ms frame of agent audio for the media clock, or `None` when
     /// the agent is silent. A partial tail frame waits one tick for the rest of
     /// its samples, then plays padded with silence.

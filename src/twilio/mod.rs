@@ -1,4 +1,65 @@
-//! Twilio as a secondary ingress: request signatures, TwiML, and the Media
-//! Streams WebSocket bridged to the same agent bridge as SIP calls.
+//! Twilio as a secondary ingress: request signatures, the voice webhooks and
+//! their TwiML, and the Media Streams WebSocket, bridged through the same
+//! `media::bridge::Bridge` and agent task as SIP calls.
 
 pub mod signature;
+pub mod stream;
+pub mod twiml;
+pub mod webhooks;
+
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+
+use crate::clone::Resolution;
+use crate::config::Settings;
+use crate::store::CallRow;
+
+/// One Twilio call, from the inbound webhook to the end of its stream.
+#[derive(Debug, Clone)]
+pub struct TwilioCall {
+    pub call_sid: String,
+    pub row: CallRow,
+    pub started: Instant,
+    /// Set when the clone service has decided the voice.
+    pub resolution: Option<Resolution>,
+}
+
+/// The public base URL Twilio uses for us: `twilio.public_url`, or rebuilt from
+/// the Host header (plain HTTP: TLS is terminated in front of precall).
+pub fn public_base(settings: &Settings, headers: &HeaderMap) -> String {
+    let configured = settings.raw.twilio.public_url.trim_end_matches('/');
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// `https://x` → `wss://x`, `http://x` → `ws://x`.
+pub fn ws_base(http_base: &str) -> String {
+    crate::elevenlabs::ws::AgentConfig::ws_base_from_http(http_base)
+}
+
+/// Checks `X-Twilio-Signature` for a request to `path_and_query` with form
+/// `params` (both key kinds: the Auth Token, or the shared key when the
+/// signature-settings header asks for HMAC-SHA256).
+pub fn verify(settings: &Settings, headers: &HeaderMap, url: &str, params: &[(String, String)]) -> bool {
+    let t = &settings.raw.twilio;
+    if t.skip_signature_validation {
+        return true;
+    }
+    let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let algorithm = signature::Algorithm::from_settings(
+        headers
+            .get("x-twilio-webhooks-signature-settings")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let secret = match algorithm {
+        signature::Algorithm::Sha1 => &t.auth_token,
+        signature::Algorithm::Sha256 => &t.webhook_signing_key,
+    };
+    signature::validate(secret, algorithm, url, params, None, signature)
+}

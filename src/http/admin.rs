@@ -1,0 +1,180 @@
+//! The admin API (`/api/v1`): clone cache, statistics, caller mappings. Every
+//! route needs the API key (`api.key`) as `Authorization: Bearer <key>` or
+//! `X-API-Key: <key>`, compared in constant time; without it, 401.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{AppState, error};
+use crate::callers::{self, CallersError};
+
+fn authorised(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let key = &state.ctx.settings.raw.api.key;
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .unwrap_or("");
+    if !key.is_empty() && bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        return Ok(());
+    }
+    let mut resp = error(StatusCode::UNAUTHORIZED, "a valid API key is required (Authorization: Bearer or X-API-Key)");
+    resp.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+    Err(resp)
+}
+
+/// `DELETE /api/v1/cache/{caller_id}`: forget the clone (and delete the voice at ElevenLabs).
+pub async fn invalidate_cache(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>) -> Response {
+    if let Err(r) = authorised(&state, &headers) {
+        return r;
+    }
+    let Some(clone) = &state.ctx.clone else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "voice cloning is not configured");
+    };
+    match clone.invalidate(&caller).await {
+        Ok(true) => json_ok(json!({"caller_id": caller, "invalidated": true})),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no cached voice for {caller}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Since {
+    /// Unix seconds; default: the last 24 hours.
+    since: Option<i64>,
+}
+
+/// `GET /api/v1/statistics?since=<unix seconds>`.
+pub async fn statistics(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<Since>) -> Response {
+    if let Err(r) = authorised(&state, &headers) {
+        return r;
+    }
+    let since_ms = q.since.map_or_else(|| crate::store::now_ms() - 86_400_000, |s| s.saturating_mul(1000));
+    match state.ctx.store.statistics(since_ms).await {
+        Ok(s) => {
+            let hits = s.clone_outcomes.get("cache_hit").copied().unwrap_or(0);
+            let misses = s.clone_outcomes.get("cloned").copied().unwrap_or(0)
+                + s.clone_outcomes.get("failed").copied().unwrap_or(0)
+                + s.clone_outcomes.get("timeout").copied().unwrap_or(0);
+            let live = state.ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio_live.load(Ordering::Relaxed);
+            json_ok(json!({
+                "since": since_ms / 1000,
+                "calls": s.calls,
+                "calls_by_outcome": s.calls_by_outcome,
+                "calls_by_protocol": s.calls_by_protocol,
+                "live_calls": live,
+                "clone": {
+                    "outcomes": s.clone_outcomes,
+                    "cache_hits": hits,
+                    "cache_misses": misses,
+                    "cache_hit_rate": if hits + misses > 0 { Some(hits as f64 / (hits + misses) as f64) } else { None },
+                    "clones": s.clones,
+                    "avg_ms": s.clone_ms_avg,
+                    "p95_ms": s.clone_ms_p95,
+                },
+            }))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+    }
+}
+
+/// `GET /api/v1/callers/{caller_id}`.
+pub async fn get_caller(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>) -> Response {
+    if let Err(r) = authorised(&state, &headers) {
+        return r;
+    }
+    let Some(id) = crate::caller_id::normalize(&caller) else {
+        return error(StatusCode::BAD_REQUEST, format!("{caller:?} is not a caller id"));
+    };
+    match state.ctx.store.mapping(&id).await {
+        Ok(Some(m)) => json_ok(json!({
+            "caller_id": m.caller_id,
+            "display_name": m.display_name,
+            "samples": m.samples,
+            "sample_hash": m.sample_hash,
+            "labels": m.labels,
+            "enabled": m.enabled,
+            "created_at": m.created_at,
+            "updated_at": m.updated_at,
+        })),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no mapping for {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+    }
+}
+
+/// `PUT /api/v1/callers/{caller_id}`: multipart with one or more `file` parts
+/// (audio), optional `name` and `labels` (a JSON object of strings).
+pub async fn put_caller(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>, mut form: Multipart) -> Response {
+    if let Err(r) = authorised(&state, &headers) {
+        return r;
+    }
+    let dir = match tempfile::Builder::new().prefix("upload").tempdir_in(&state.ctx.settings.data_dir) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}")),
+    };
+    let (mut files, mut name, mut labels) = (Vec::new(), None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad multipart body: {e}")),
+        };
+        let part = field.name().unwrap_or("").to_owned();
+        let content_type = field.content_type().unwrap_or("").to_ascii_lowercase();
+        let Ok(bytes) = field.bytes().await else {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "upload larger than http.max_body_bytes or cut short");
+        };
+        match part.as_str() {
+            "file" | "files" => {
+                let audio = content_type.starts_with("audio/") || content_type == "application/octet-stream";
+                if !audio {
+                    return error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("sample parts must be audio/* (got {content_type:?})"),
+                    );
+                }
+                let path = dir.path().join(format!("sample{}.bin", files.len()));
+                if let Err(e) = tokio::fs::write(&path, &bytes).await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}"));
+                }
+                files.push(path);
+            }
+            "name" => name = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "labels" => labels = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => {}
+        }
+    }
+    match callers::add(&state.ctx.store, &state.ctx.settings.data_dir, &caller, &files, name, labels.as_deref()).await {
+        Ok(m) => json_ok(json!({"caller_id": m.caller_id, "samples": m.samples.len(), "sample_hash": m.sample_hash})),
+        Err(CallersError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+/// `DELETE /api/v1/callers/{caller_id}`.
+pub async fn delete_caller(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>) -> Response {
+    if let Err(r) = authorised(&state, &headers) {
+        return r;
+    }
+    match callers::remove(&state.ctx.store, &caller).await {
+        Ok(true) => json_ok(json!({"caller_id": caller, "removed": true})),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no mapping for {caller}")),
+        Err(CallersError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+fn json_ok(v: serde_json::Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}

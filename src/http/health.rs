@@ -1,0 +1,74 @@
+//! `GET /health` (for load balancers and monitoring) and `GET /metrics`
+//! (Prometheus text format).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+
+/// 200 when the database and the agent backend answer and the daemon takes
+/// calls; 503 otherwise, with the reason in the body.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let ctx = &state.ctx;
+    let database = matches!(tokio::time::timeout(Duration::from_secs(2), ctx.store.ping()).await, Ok(Ok(())));
+    let agent = match &ctx.agent {
+        None => None,
+        Some(a) => Some(reachable(&a.ws_base).await),
+    };
+    let draining = ctx.stats.draining.load(Ordering::Relaxed);
+    let live = ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio_live.load(Ordering::Relaxed);
+    let ok = database && agent != Some(false) && !draining;
+    let status = if draining {
+        "draining"
+    } else if ok {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": ctx.settings.node_id,
+        "live_calls": live,
+        "database": {"ok": database, "backend": format!("{:?}", ctx.store.backend()).to_lowercase()},
+        "agent": {"configured": ctx.agent.is_some(), "ok": agent, "backend": ctx.agent_backend},
+    });
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+/// Whether a TCP connection to the agent's host opens within 2 s.
+async fn reachable(ws_base: &str) -> bool {
+    let rest = ws_base
+        .strip_prefix("wss://")
+        .map(|r| (r, 443))
+        .or_else(|| ws_base.strip_prefix("ws://").map(|r| (r, 80)));
+    let Some((rest, default_port)) = rest else { return false };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let target = if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(target)).await,
+        Ok(Ok(_))
+    )
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let ctx = &state.ctx;
+    metrics::gauge!("precall_live_calls", "protocol" => "sip").set(ctx.stats.live_calls.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("precall_live_calls", "protocol" => "twilio").set(state.twilio_live.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("precall_draining").set(if ctx.stats.draining.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,276 @@
+//! `GET /twilio/media`: the Media Streams WebSocket (`docs/protocols.md` §8–9),
+//! bridged to the agent through the same [`Bridge`] and agent task as a SIP call.
+//!
+//! Twilio → agent: each `media` frame (μ-law, 20 ms) is converted (or passed
+//! through when the agent takes `ulaw_8000`) and sent as a `user_audio_chunk`;
+//! `dtmf` becomes a contextual update; `stop` ends the conversation. Agent →
+//! Twilio: audio is sent as `media` at once (Twilio queues and paces it);
+//! `interruption` sends `clear`. When the agent ends the call, a `mark` follows
+//! its last audio and the socket closes when Twilio echoes it, so the goodbye is
+//! heard before the TwiML's `<Hangup/>` runs. When the agent fails, the apology
+//! plays the same way.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{TwilioCall, public_base, verify};
+use crate::elevenlabs::agent::ClientMessage;
+use crate::elevenlabs::ws::{self, AgentCommand, AgentEvent, Conversation};
+use crate::http::AppState;
+use crate::media::bridge::Bridge;
+use crate::media::g711::G711;
+use crate::store::records::{CloneEvent, new_id};
+use crate::store::{Record, now_ms};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let base = super::ws_base(&public_base(&state.ctx.settings, &headers));
+    let url = format!("{base}/twilio/media");
+    // Twilio signs the Stream URL with no parameters; its docs say to try the
+    // trailing-slash form too.
+    let ok = verify(&state.ctx.settings, &headers, &url, &[]) || verify(&state.ctx.settings, &headers, &format!("{url}/"), &[]);
+    if !ok {
+        tracing::warn!(%url, "Media Streams handshake with a missing or invalid X-Twilio-Signature refused");
+        return (StatusCode::FORBIDDEN, "Forbidden: invalid X-Twilio-Signature\n").into_response();
+    }
+    upgrade.max_message_size(1 << 20).on_upgrade(move |socket| session(socket, state))
+}
+
+/// How the stream ended, for `call_log`.
+enum End {
+    CallerHungUp,
+    AgentEnded,
+    AgentError(u16),
+    Error(String),
+}
+
+async fn session(mut socket: WebSocket, state: AppState) {
+    // `connected`, then `start` with the stream sid and our call id.
+    let mut start = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while start.is_none() {
+        let msg = match tokio::time::timeout_at(deadline, socket.recv()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap_or(Value::Null),
+            Ok(Some(Ok(_))) => continue,
+            _ => return,
+        };
+        if msg["event"] == "start" {
+            start = Some(msg);
+        }
+    }
+    let Some(start) = start else { return };
+    let stream_sid = start["streamSid"].as_str().unwrap_or_default().to_owned();
+    let call_id = start["start"]["customParameters"]["call_id"].as_str().unwrap_or_default().to_owned();
+    let call_sid = start["start"]["callSid"].as_str().unwrap_or_default().to_owned();
+    let call = {
+        let calls = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner());
+        calls
+            .get(&call_id)
+            .or_else(|| calls.values().find(|c| c.call_sid == call_sid))
+            .cloned()
+    };
+    let (Some(call), Some(agent)) = (call, state.ctx.agent.clone()) else {
+        tracing::warn!(%call_id, %call_sid, "Media Stream for an unknown call (or no agent configured): closing");
+        let _ = socket.send(close(1008, "unknown call")).await;
+        return;
+    };
+    state.twilio_live.fetch_add(1, Ordering::Relaxed);
+    let end = bridge(&mut socket, &state, &call, agent, &stream_sid).await;
+    state.twilio_live.fetch_sub(1, Ordering::Relaxed);
+    let _ = socket.send(close(1000, "call over")).await;
+    finish(&state, call, end);
+}
+
+async fn bridge(socket: &mut WebSocket, state: &AppState, call: &TwilioCall, agent: ws::AgentConfig, stream_sid: &str) -> End {
+    let voice_id = call
+        .resolution
+        .as_ref()
+        .map_or_else(|| state.ctx.settings.raw.elevenlabs.default_voice_id.clone(), |r| r.voice_id.clone());
+    let max_queue = agent.max_queue_seconds;
+    let (cmd_tx, cmd_rx) = mpsc::channel::<AgentCommand>(64);
+    let (ev_tx, mut events) = mpsc::channel::<AgentEvent>(256);
+    let conv = Conversation {
+        call_id: call.row.call_id.clone(),
+        caller: call.row.caller.clone(),
+        voice_id,
+    };
+    tokio::spawn(ws::run(agent, conv, cmd_rx, ev_tx, |e| e));
+    let mut bridge: Option<Bridge> = None;
+    let mut chunk = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut ending: Option<End> = None;
+    let mut end_call = false;
+    let mut quiet = tokio::time::interval(Duration::from_millis(100));
+    let mut dirty = false;
+    let mut row = call.row.clone();
+    loop {
+        tokio::select! {
+            msg = socket.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return ending.unwrap_or(End::CallerHungUp),
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
+                match msg["event"].as_str() {
+                    Some("media") => {
+                        let Some(b) = bridge.as_mut().filter(|_| ending.is_none()) else { continue };
+                        let Ok(payload) = B64.decode(msg["media"]["payload"].as_str().unwrap_or_default()) else { continue };
+                        chunk.clear();
+                        b.caller_frame(Some(&payload), &mut chunk);
+                        if !chunk.is_empty() {
+                            let json = format!("{{\"user_audio_chunk\":\"{}\"}}", B64.encode(&chunk));
+                            let _ = cmd_tx.try_send(AgentCommand::Text(json));
+                        }
+                    }
+                    Some("dtmf") => {
+                        if let Some(digit) = msg["dtmf"]["digit"].as_str() {
+                            let text = format!("The caller pressed the key {digit} on their phone keypad.");
+                            let _ = cmd_tx.try_send(AgentCommand::Text(ClientMessage::ContextualUpdate { text }.to_json()));
+                        }
+                    }
+                    Some("mark") if ending.is_some() => return ending.unwrap_or(End::AgentEnded),
+                    Some("stop") => return ending.unwrap_or(End::CallerHungUp),
+                    _ => {}
+                }
+            }
+            ev = events.recv() => {
+                let Some(ev) = ev else { return ending.unwrap_or(End::Error("agent task gone".into())) };
+                match ev {
+                    AgentEvent::Ready { conversation_id, input, output } => match Bridge::new(G711::Ulaw, input, output, max_queue) {
+                        Ok(b) => {
+                            bridge = Some(b);
+                            row.revision += 1;
+                            row.conversation_id = Some(conversation_id);
+                            row.bridged_at = Some(now_ms());
+                            state.ctx.records.submit(Record::Call(Box::new(row.clone())));
+                            state.ctx.records.submit(Record::CloneEvent(CloneEvent::Transfer {
+                                event_id: new_id(),
+                                call_id: row.call_id.clone(),
+                                voice_id: row.voice_id.clone().unwrap_or_default(),
+                                waited_ms: now_ms() - row.started_at,
+                                gap_ms: 0,
+                                created_at: now_ms(),
+                            }));
+                        }
+                        Err(e) => {
+                            tracing::warn!(call = %row.call_id, error = %e, "cannot bridge the agent's audio formats");
+                            return End::AgentError(1003);
+                        }
+                    },
+                    AgentEvent::Audio { event_id, audio } => {
+                        if let Some(b) = bridge.as_mut() {
+                            b.agent_audio(event_id, &audio);
+                            out.clear();
+                            b.take_queued(&mut out, false);
+                            dirty = true;
+                            if !out.is_empty() && send_media(socket, stream_sid, &out).await.is_err() {
+                                return End::CallerHungUp;
+                            }
+                        }
+                    }
+                    AgentEvent::Interruption { event_id } => {
+                        if let Some(b) = bridge.as_mut() {
+                            b.interruption(event_id);
+                        }
+                        let _ = send(socket, json!({"event": "clear", "streamSid": stream_sid})).await;
+                    }
+                    AgentEvent::Transfer { tool_call_id, destination } => {
+                        tracing::info!(call = %row.call_id, %destination, "transfer requested on a Twilio call: not available");
+                        let result = ClientMessage::ClientToolResult {
+                            tool_call_id,
+                            result: "Transfers are not available on this line.".into(),
+                            is_error: true,
+                        };
+                        let _ = cmd_tx.try_send(AgentCommand::Text(result.to_json()));
+                    }
+                    AgentEvent::EndCall => end_call = true,
+                    AgentEvent::Transcript { .. } => {}
+                    AgentEvent::Closed { code, reason } => {
+                        tracing::info!(call = %row.call_id, code, %reason, "agent conversation closed");
+                        if ending.is_some() {
+                            continue;
+                        }
+                        if code == 1000 || end_call {
+                            if let Some(b) = bridge.as_mut() {
+                                out.clear();
+                                b.take_queued(&mut out, true);
+                                let _ = send_media(socket, stream_sid, &out).await;
+                            }
+                            ending = Some(End::AgentEnded);
+                        } else {
+                            let _ = send(socket, json!({"event": "clear", "streamSid": stream_sid})).await;
+                            let _ = send_media(socket, stream_sid, &state.ctx.apology_ulaw).await;
+                            ending = Some(End::AgentError(code));
+                        }
+                        // Close once Twilio has played everything before this mark.
+                        let _ = send(socket, json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": "precall-end"}})).await;
+                    }
+                }
+            }
+            _ = quiet.tick() => {
+                // The agent has been quiet for a tick: let the resampler's tail out.
+                if dirty && let Some(b) = bridge.as_mut() {
+                    dirty = false;
+                    out.clear();
+                    b.take_queued(&mut out, true);
+                    if !out.is_empty() {
+                        let _ = send_media(socket, stream_sid, &out).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finish(state: &AppState, call: TwilioCall, end: End) {
+    let mut row = state
+        .twilio_calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&call.row.call_id)
+        .map_or(call.row, |c| c.row);
+    row.revision += 10;
+    row.ended_at = Some(now_ms());
+    let (reason, status) = match &end {
+        End::CallerHungUp => ("caller_bye".to_owned(), None),
+        End::AgentEnded => ("agent_end_call".to_owned(), None),
+        End::AgentError(code) => ("agent_error".to_owned(), Some(i64::from(*code))),
+        End::Error(why) => {
+            tracing::warn!(call = %row.call_id, error = %why, "Twilio stream failed");
+            ("error".to_owned(), None)
+        }
+    };
+    metrics::counter!("precall_calls_total", "protocol" => "twilio", "reason" => reason.clone()).increment(1);
+    tracing::info!(call = %row.call_id, call_sid = %call.call_sid, caller = ?row.caller, reason = %reason, duration_ms = call.started.elapsed().as_millis() as u64, "Twilio call ended");
+    row.end_reason = Some(reason);
+    row.end_status = status;
+    state.ctx.records.submit(Record::Call(Box::new(row)));
+}
+
+async fn send_media(socket: &mut WebSocket, stream_sid: &str, ulaw: &[u8]) -> Result<(), axum::Error> {
+    if ulaw.is_empty() {
+        return Ok(());
+    }
+    send(socket, json!({"event": "media", "streamSid": stream_sid, "media": {"payload": B64.encode(ulaw)}})).await
+}
+
+async fn send(socket: &mut WebSocket, v: Value) -> Result<(), axum::Error> {
+    socket.send(Message::Text(v.to_string().into())).await
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }))
+}
