@@ -394,7 +394,9 @@ impl Settings {
             }
         }
         if let Some(port) = env.get("HTTP_PORT").filter(|p| !p.is_empty()) {
-            precall.entry("PRECALL_HTTP__LISTEN".into()).or_insert_with(|| format!("0.0.0.0:{port}"));
+            precall
+                .entry("PRECALL_HTTP__LISTEN".into())
+                .or_insert_with(|| format!("0.0.0.0:{port}"));
         }
         if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
             precall.entry("PRECALL_DATABASE__URL".into()).or_insert_with(|| url.clone());
@@ -607,7 +609,10 @@ impl Settings {
 fn mask(value: &mut toml::Value) {
     if let toml::Value::Table(table) = value {
         for (k, v) in table.iter_mut() {
-            let secret = ["password", "secret", "token", "api_key", "signing_key"].iter().any(|s| k.contains(s)) || k == "key";
+            let secret = ["password", "secret", "token", "api_key", "signing_key"]
+                .iter()
+                .any(|s| k.contains(s))
+                || k == "key";
             match v {
                 toml::Value::String(s) if secret && !s.is_empty() => *s = "********".into(),
                 other => mask(other),

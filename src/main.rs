@@ -290,9 +290,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         clone.spawn_sweeper(Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
         let greeting_wav = precall::http::ulaw_wav(&prompts.greeting);
-        let apology_ulaw: Vec<u8> = prompts.apology.pcm().iter().map(|&x| precall::media::g711::ulaw_encode(x)).collect();
+        let apology_ulaw: Vec<u8> = prompts
+            .apology
+            .pcm()
+            .iter()
+            .map(|&x| precall::media::g711::ulaw_encode(x))
+            .collect();
         let http_listen = settings.http_listen;
-        let agent_backend = if settings.raw.elevenlabs.api_key.is_empty() { "simulator" } else { "elevenlabs" };
+        let agent_backend = if settings.raw.elevenlabs.api_key.is_empty() {
+            "simulator"
+        } else {
+            "elevenlabs"
+        };
         let http_settings = settings.clone();
         let handle = server::start(settings, prompts, records.clone(), Some(clone.clone()), agent.clone()).await?;
         let (http_stop, http_stop_rx) = tokio::sync::watch::channel(false);

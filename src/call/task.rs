@@ -204,7 +204,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         metrics::counter!("precall_rtp_packets_sent_total").increment(s.packets_sent());
     }
     metrics::counter!("precall_rtp_packets_received_total").increment(stats.packets);
-    metrics::counter!("precall_rtp_packets_lost_total").increment(stats.lost.max(0) as u64);
+    metrics::counter!("precall_rtp_packets_lost_total").increment(stats.lost);
     metrics::counter!("precall_rtp_packets_ignored_total").increment(media.ignored + stats.malformed);
     tracing::info!(
         call = %ctx.key,

@@ -198,7 +198,12 @@ where
         .await
         .map_err(|_| lost("connect timed out"))?
         .map_err(|e| lost(format!("connect: {e}")))?;
-    metrics::histogram!("precall_agent_connect_seconds").record((config.connect_timeout.saturating_sub(deadline.saturating_duration_since(Instant::now()))).as_secs_f64());
+    metrics::histogram!("precall_agent_connect_seconds").record(
+        (config
+            .connect_timeout
+            .saturating_sub(deadline.saturating_duration_since(Instant::now())))
+        .as_secs_f64(),
+    );
     let (mut tx, mut rx) = ws.split();
 
     let mut vars = Map::new();

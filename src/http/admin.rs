@@ -14,6 +14,10 @@ use subtle::ConstantTimeEq;
 use super::{AppState, error};
 use crate::callers::{self, CallersError};
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once per refused request"
+)]
 fn authorised(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let key = &state.ctx.settings.raw.api.key;
     let given = headers
@@ -29,8 +33,12 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if !key.is_empty() && bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
         return Ok(());
     }
-    let mut resp = error(StatusCode::UNAUTHORIZED, "a valid API key is required (Authorization: Bearer or X-API-Key)");
-    resp.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "a valid API key is required (Authorization: Bearer or X-API-Key)",
+    );
+    resp.headers_mut()
+        .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
     Err(resp)
 }
 
@@ -60,7 +68,9 @@ pub async fn statistics(State(state): State<AppState>, headers: HeaderMap, Query
     if let Err(r) = authorised(&state, &headers) {
         return r;
     }
-    let since_ms = q.since.map_or_else(|| crate::store::now_ms() - 86_400_000, |s| s.saturating_mul(1000));
+    let since_ms = q
+        .since
+        .map_or_else(|| crate::store::now_ms() - 86_400_000, |s| s.saturating_mul(1000));
     match state.ctx.store.statistics(since_ms).await {
         Ok(s) => {
             let hits = s.clone_outcomes.get("cache_hit").copied().unwrap_or(0);
@@ -155,7 +165,16 @@ pub async fn put_caller(State(state): State<AppState>, headers: HeaderMap, Path(
             _ => {}
         }
     }
-    match callers::add(&state.ctx.store, &state.ctx.settings.data_dir, &caller, &files, name, labels.as_deref()).await {
+    match callers::add(
+        &state.ctx.store,
+        &state.ctx.settings.data_dir,
+        &caller,
+        &files,
+        name,
+        labels.as_deref(),
+    )
+    .await
+    {
         Ok(m) => json_ok(json!({"caller_id": m.caller_id, "samples": m.samples.len(), "sample_hash": m.sample_hash})),
         Err(CallersError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),

@@ -50,7 +50,10 @@ async fn reachable(ws_base: &str) -> bool {
         .or_else(|| ws_base.strip_prefix("ws://").map(|r| (r, 80)));
     let Some((rest, default_port)) = rest else { return false };
     let authority = rest.split('/').next().unwrap_or(rest);
-    let target = if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) {
+    let target = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+    {
         authority.to_owned()
     } else {
         format!("{authority}:{default_port}")

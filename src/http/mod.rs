@@ -147,10 +147,9 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, mut shutdown: watch::Re
         let _ = tcp.set_nodelay(true);
     });
     tokio::spawn(async move {
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            });
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP listener failed");
         }

@@ -69,6 +69,10 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
     resp
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once per refused request"
+)]
 async fn receive_to(path: &Path, body: Body, verifier: &mut Verifier, cap: usize) -> Result<(), Response> {
     let mut file = tokio::fs::File::create(path)
         .await

@@ -175,10 +175,12 @@ impl Store {
             *stats.calls_by_outcome.entry(reason).or_default() += n;
             stats.calls += n;
         }
-        let rows = sqlx::query("SELECT clone_outcome, COUNT(*) AS n FROM call_log WHERE started_at >= $1 AND clone_outcome IS NOT NULL GROUP BY clone_outcome")
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT clone_outcome, COUNT(*) AS n FROM call_log WHERE started_at >= $1 AND clone_outcome IS NOT NULL GROUP BY clone_outcome",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
         for r in &rows {
             let outcome: String = r.try_get("clone_outcome")?;
             let n: i64 = r.try_get("n")?;
@@ -190,7 +192,10 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        let latencies = rows.iter().map(|r| r.try_get::<i64, _>("latency_ms")).collect::<Result<Vec<_>, _>>()?;
+        let latencies = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("latency_ms"))
+            .collect::<Result<Vec<_>, _>>()?;
         if !latencies.is_empty() {
             stats.clone_ms_avg = Some(latencies.iter().sum::<i64>() as f64 / latencies.len() as f64);
             stats.clone_ms_p95 = latencies.get((latencies.len() * 95).div_ceil(100).saturating_sub(1)).copied();

@@ -52,11 +52,7 @@ pub fn verify(settings: &Settings, headers: &HeaderMap, url: &str, params: &[(St
     let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let algorithm = signature::Algorithm::from_settings(
-        headers
-            .get("x-twilio-webhooks-signature-settings")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let algorithm = signature::Algorithm::from_settings(headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok()));
     let secret = match algorithm {
         signature::Algorithm::Sha1 => &t.auth_token,
         signature::Algorithm::Sha256 => &t.webhook_signing_key,

@@ -61,31 +61,34 @@ pub fn compute(secret: &str, algorithm: Algorithm, url: &str, params: &[(String,
 
 /// `https://user:pass@host/x` → `https://host/x`.
 fn strip_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     format!("{scheme}://{host}{tail}")
 }
 
-/// The URL with its port removed, and with the scheme's default port added.
+/// The URL with its port removed, and with its port (the scheme's default
+/// when it has none), as the SDK's `remove_port` / `add_port`.
 fn port_variants(url: &str) -> [String; 2] {
     let Some((scheme, rest)) = url.split_once("://") else {
         return [url.to_owned(), url.to_owned()];
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => authority,
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+        _ => (authority, None),
     };
     let default = match scheme {
-        "https" | "wss" => 443,
-        _ => 80,
+        "https" | "wss" => "443",
+        _ => "80",
     };
     [
         format!("{scheme}://{host}{tail}"),
-        format!("{scheme}://{host}:{default}{tail}"),
+        format!("{scheme}://{host}:{}{tail}", port.unwrap_or(default)),
     ]
 }
 
@@ -149,9 +152,30 @@ mod tests {
         ]);
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
         assert_eq!(compute("12345", Algorithm::Sha1, url, &params), "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
-        assert!(validate("12345", Algorithm::Sha1, url, &params, None, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
-        assert!(!validate("12345", Algorithm::Sha1, url, &params, None, "0/KCTR6DLpKmkAf8muzZqo1nDgQ"));
-        assert!(!validate("54321", Algorithm::Sha1, url, &params, None, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+        assert!(validate(
+            "12345",
+            Algorithm::Sha1,
+            url,
+            &params,
+            None,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        ));
+        assert!(!validate(
+            "12345",
+            Algorithm::Sha1,
+            url,
+            &params,
+            None,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ"
+        ));
+        assert!(!validate(
+            "54321",
+            Algorithm::Sha1,
+            url,
+            &params,
+            None,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        ));
     }
 
     #[test]
@@ -159,12 +183,44 @@ mod tests {
         let params = t2_params();
         assert_eq!(compute(T2_TOKEN, Algorithm::Sha1, T2_URL, &params), "jclRVFh/31KIIjCPqjFS78t8Mc0=");
         let with_port = "https://voice.example.com:443/twilio/voice";
-        assert_eq!(compute(T2_TOKEN, Algorithm::Sha1, with_port, &params), "OCVKkrx8IZU3lxUX3MpMKxVAxk0=");
-        assert!(validate(T2_TOKEN, Algorithm::Sha1, with_port, &params, None, "jclRVFh/31KIIjCPqjFS78t8Mc0="));
-        assert!(validate(T2_TOKEN, Algorithm::Sha1, T2_URL, &params, None, "OCVKkrx8IZU3lxUX3MpMKxVAxk0="));
+        assert_eq!(
+            compute(T2_TOKEN, Algorithm::Sha1, with_port, &params),
+            "OCVKkrx8IZU3lxUX3MpMKxVAxk0="
+        );
+        assert!(validate(
+            T2_TOKEN,
+            Algorithm::Sha1,
+            with_port,
+            &params,
+            None,
+            "jclRVFh/31KIIjCPqjFS78t8Mc0="
+        ));
+        assert!(validate(
+            T2_TOKEN,
+            Algorithm::Sha1,
+            T2_URL,
+            &params,
+            None,
+            "OCVKkrx8IZU3lxUX3MpMKxVAxk0="
+        ));
         let mut tampered = params.clone();
         tampered[0].1.push('9');
-        assert!(!validate(T2_TOKEN, Algorithm::Sha1, T2_URL, &tampered, None, "jclRVFh/31KIIjCPqjFS78t8Mc0="));
+        assert!(!validate(
+            T2_TOKEN,
+            Algorithm::Sha1,
+            T2_URL,
+            &tampered,
+            None,
+            "jclRVFh/31KIIjCPqjFS78t8Mc0="
+        ));
+    }
+
+    #[test]
+    fn a_non_default_port_is_signed_as_is() {
+        let url = "http://127.0.0.1:3006/webhooks/inbound";
+        let params = p(&[("CallSid", "CA1")]);
+        let sig = compute(T2_TOKEN, Algorithm::Sha1, url, &params);
+        assert!(validate(T2_TOKEN, Algorithm::Sha1, url, &params, None, &sig));
     }
 
     #[test]
@@ -184,8 +240,22 @@ mod tests {
     fn t5_json_body_is_covered_by_body_sha256() {
         let body = br#"{"CallSid":"CA1234567890ABCDE","Caller":"+12349013030"}"#;
         let url = "https://example.com/myapp?bodySHA256=5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9";
-        assert!(validate("12345", Algorithm::Sha1, url, &[], Some(body), "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="));
-        assert!(!validate("12345", Algorithm::Sha1, url, &[], Some(b"{}"), "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="));
+        assert!(validate(
+            "12345",
+            Algorithm::Sha1,
+            url,
+            &[],
+            Some(body),
+            "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="
+        ));
+        assert!(!validate(
+            "12345",
+            Algorithm::Sha1,
+            url,
+            &[],
+            Some(b"{}"),
+            "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="
+        ));
     }
 
     #[test]
@@ -217,7 +287,17 @@ mod tests {
         let params = p(&[("CallSid", "CA1")]);
         assert_eq!(compute(T2_TOKEN, Algorithm::Sha1, T2_URL, &params), "6CPAn4ndE421qwkiptsAMXa2rYE=");
         let with_user = "https://user:pass@voice.example.com/twilio/voice";
-        assert_eq!(compute(T2_TOKEN, Algorithm::Sha1, with_user, &params), "i9NsFEHNqG7WcM06urQhOXZ4ams=");
-        assert!(validate(T2_TOKEN, Algorithm::Sha1, with_user, &params, None, "6CPAn4ndE421qwkiptsAMXa2rYE="));
+        assert_eq!(
+            compute(T2_TOKEN, Algorithm::Sha1, with_user, &params),
+            "i9NsFEHNqG7WcM06urQhOXZ4ams="
+        );
+        assert!(validate(
+            T2_TOKEN,
+            Algorithm::Sha1,
+            with_user,
+            &params,
+            None,
+            "6CPAn4ndE421qwkiptsAMXa2rYE="
+        ));
     }
 }

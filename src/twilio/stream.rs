@@ -13,8 +13,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -28,7 +28,7 @@ use crate::http::AppState;
 use crate::media::bridge::Bridge;
 use crate::media::g711::G711;
 use crate::store::records::{CloneEvent, new_id};
-use crate::store::{Record, now_ms};
+use crate::store::{CallRow, Record, now_ms};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -69,7 +69,10 @@ async fn session(mut socket: WebSocket, state: AppState) {
     }
     let Some(start) = start else { return };
     let stream_sid = start["streamSid"].as_str().unwrap_or_default().to_owned();
-    let call_id = start["start"]["customParameters"]["call_id"].as_str().unwrap_or_default().to_owned();
+    let call_id = start["start"]["customParameters"]["call_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let call_sid = start["start"]["callSid"].as_str().unwrap_or_default().to_owned();
     let call = {
         let calls = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,17 +87,25 @@ async fn session(mut socket: WebSocket, state: AppState) {
         return;
     };
     state.twilio_live.fetch_add(1, Ordering::Relaxed);
-    let end = bridge(&mut socket, &state, &call, agent, &stream_sid).await;
+    let mut row = call.row.clone();
+    let end = bridge(&mut socket, &state, &call, &mut row, agent, &stream_sid).await;
     state.twilio_live.fetch_sub(1, Ordering::Relaxed);
     let _ = socket.send(close(1000, "call over")).await;
-    finish(&state, call, end);
+    finish(&state, call, row, end);
 }
 
-async fn bridge(socket: &mut WebSocket, state: &AppState, call: &TwilioCall, agent: ws::AgentConfig, stream_sid: &str) -> End {
-    let voice_id = call
-        .resolution
-        .as_ref()
-        .map_or_else(|| state.ctx.settings.raw.elevenlabs.default_voice_id.clone(), |r| r.voice_id.clone());
+async fn bridge(
+    socket: &mut WebSocket,
+    state: &AppState,
+    call: &TwilioCall,
+    row: &mut CallRow,
+    agent: ws::AgentConfig,
+    stream_sid: &str,
+) -> End {
+    let voice_id = call.resolution.as_ref().map_or_else(
+        || state.ctx.settings.raw.elevenlabs.default_voice_id.clone(),
+        |r| r.voice_id.clone(),
+    );
     let max_queue = agent.max_queue_seconds;
     let (cmd_tx, cmd_rx) = mpsc::channel::<AgentCommand>(64);
     let (ev_tx, mut events) = mpsc::channel::<AgentEvent>(256);
@@ -111,7 +122,10 @@ async fn bridge(socket: &mut WebSocket, state: &AppState, call: &TwilioCall, age
     let mut end_call = false;
     let mut quiet = tokio::time::interval(Duration::from_millis(100));
     let mut dirty = false;
-    let mut row = call.row.clone();
+    let mut agent_gone = false;
+    // Once ending, wait this long at most for Twilio to echo the final mark.
+    let mark_wait = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(mark_wait);
     loop {
         tokio::select! {
             msg = socket.recv() => {
@@ -143,8 +157,15 @@ async fn bridge(socket: &mut WebSocket, state: &AppState, call: &TwilioCall, age
                     _ => {}
                 }
             }
-            ev = events.recv() => {
-                let Some(ev) = ev else { return ending.unwrap_or(End::Error("agent task gone".into())) };
+            _ = &mut mark_wait, if ending.is_some() => return ending.unwrap_or(End::AgentEnded),
+            ev = events.recv(), if !agent_gone => {
+                let Some(ev) = ev else {
+                    agent_gone = true;
+                    if ending.is_none() {
+                        return End::Error("agent task gone".into());
+                    }
+                    continue;
+                };
                 match ev {
                     AgentEvent::Ready { conversation_id, input, output } => match Bridge::new(G711::Ulaw, input, output, max_queue) {
                         Ok(b) => {
@@ -214,6 +235,7 @@ async fn bridge(socket: &mut WebSocket, state: &AppState, call: &TwilioCall, age
                         }
                         // Close once Twilio has played everything before this mark.
                         let _ = send(socket, json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": "precall-end"}})).await;
+                        mark_wait.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(30));
                     }
                 }
             }
@@ -232,14 +254,13 @@ async fn bridge(socket: &mut WebSocket, state: &AppState, call: &TwilioCall, age
     }
 }
 
-fn finish(state: &AppState, call: TwilioCall, end: End) {
-    let mut row = state
+fn finish(state: &AppState, call: TwilioCall, mut row: CallRow, end: End) {
+    state
         .twilio_calls
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&call.row.call_id)
-        .map_or(call.row, |c| c.row);
-    row.revision += 10;
+        .remove(&call.row.call_id);
+    row.revision += 1;
     row.ended_at = Some(now_ms());
     let (reason, status) = match &end {
         End::CallerHungUp => ("caller_bye".to_owned(), None),
@@ -261,7 +282,11 @@ async fn send_media(socket: &mut WebSocket, stream_sid: &str, ulaw: &[u8]) -> Re
     if ulaw.is_empty() {
         return Ok(());
     }
-    send(socket, json!({"event": "media", "streamSid": stream_sid, "media": {"payload": B64.encode(ulaw)}})).await
+    send(
+        socket,
+        json!({"event": "media", "streamSid": stream_sid, "media": {"payload": B64.encode(ulaw)}}),
+    )
+    .await
 }
 
 async fn send(socket: &mut WebSocket, v: Value) -> Result<(), axum::Error> {

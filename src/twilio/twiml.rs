@@ -25,7 +25,10 @@ pub fn greeting(play_url: Option<&str>, say: Option<&str>, redirect: &str) -> St
         (None, Some(url)) => format!("<Play>{}</Play>", escape(url)),
         (None, None) => String::new(),
     };
-    format!(r#"{HEAD}<Response>{first}<Redirect method="POST">{}</Redirect></Response>"#, escape(redirect))
+    format!(
+        r#"{HEAD}<Response>{first}<Redirect method="POST">{}</Redirect></Response>"#,
+        escape(redirect)
+    )
 }
 
 /// The voice is not ready yet: wait a second (or play hold audio) and ask again.
@@ -34,7 +37,10 @@ pub fn hold(play_url: Option<&str>, redirect: &str) -> String {
         Some(url) => format!("<Play>{}</Play>", escape(url)),
         None => r#"<Pause length="1" />"#.to_owned(),
     };
-    format!(r#"{HEAD}<Response>{wait}<Redirect method="POST">{}</Redirect></Response>"#, escape(redirect))
+    format!(
+        r#"{HEAD}<Response>{wait}<Redirect method="POST">{}</Redirect></Response>"#,
+        escape(redirect)
+    )
 }
 
 /// Bridge the call: a bidirectional stream carrying the call id (Twilio drops
@@ -71,6 +77,9 @@ mod tests {
             hangup(Some("Goodbye & thanks <3")),
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>Goodbye &amp; thanks &lt;3</Say><Hangup /></Response>"#
         );
-        assert!(hold(None, "https://x/webhooks/status-callback").contains(r#"<Pause length="1" /><Redirect method="POST">https://x/webhooks/status-callback</Redirect>"#));
+        assert!(
+            hold(None, "https://x/webhooks/status-callback")
+                .contains(r#"<Pause length="1" /><Redirect method="POST">https://x/webhooks/status-callback</Redirect>"#)
+        );
     }
 }

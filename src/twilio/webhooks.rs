@@ -23,6 +23,10 @@ fn xml(body: String) -> Response {
 }
 
 /// Parses the form and checks the signature; `Err` is the response to give.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once per refused request"
+)]
 fn authenticate(state: &AppState, headers: &HeaderMap, uri: &OriginalUri, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
     let params: Vec<(String, String)> =
         serde_urlencoded::from_bytes(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad form body: {e}\n")).into_response())?;
@@ -52,7 +56,12 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
     let base = public_base(&ctx.settings, &headers);
     let redirect = format!("{base}/webhooks/status-callback");
     // A retried webhook for a call we already have: answer the same way.
-    let known = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner()).values().any(|c| c.call_sid == call_sid);
+    let known = state
+        .twilio_calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .any(|c| c.call_sid == call_sid);
     if !known {
         let live = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner()).len()
             + ctx.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed);
@@ -112,7 +121,11 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
     }
     let message = &ctx.settings.raw.greeting.message;
     let play = format!("{base}/media/greeting.wav");
-    xml(twiml::greeting(Some(&play), (!message.is_empty()).then_some(message.as_str()), &redirect))
+    xml(twiml::greeting(
+        Some(&play),
+        (!message.is_empty()).then_some(message.as_str()),
+        &redirect,
+    ))
 }
 
 const FINAL_STATUSES: &[&str] = &["completed", "busy", "failed", "no-answer", "canceled"];
@@ -128,7 +141,11 @@ pub async fn status_callback(State(state): State<AppState>, headers: HeaderMap, 
     let mut calls = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner());
     let Some((call_id, call)) = calls.iter_mut().find(|(_, c)| c.call_sid == call_sid).map(|(k, v)| (k.clone(), v)) else {
         // Unknown or already finished (the stream closed the record).
-        return xml(if FINAL_STATUSES.contains(&status) { twiml::empty() } else { twiml::hangup(None) });
+        return xml(if FINAL_STATUSES.contains(&status) {
+            twiml::empty()
+        } else {
+            twiml::hangup(None)
+        });
     };
     if FINAL_STATUSES.contains(&status) {
         let mut row = call.row.clone();
@@ -136,7 +153,11 @@ pub async fn status_callback(State(state): State<AppState>, headers: HeaderMap, 
         drop(calls);
         row.revision += 1;
         row.ended_at = Some(now_ms());
-        row.end_reason = Some(if status == "completed" { "caller_bye".into() } else { format!("twilio_{}", status.replace('-', "_")) });
+        row.end_reason = Some(if status == "completed" {
+            "caller_bye".into()
+        } else {
+            format!("twilio_{}", status.replace('-', "_"))
+        });
         ctx.records.submit(Record::Call(Box::new(row)));
         metrics::counter!("precall_calls_total", "protocol" => "twilio", "reason" => "caller_bye").increment(1);
         tracing::info!(call = %call_id, %call_sid, %status, "Twilio call ended before its stream");
@@ -154,5 +175,9 @@ pub async fn status_callback(State(state): State<AppState>, headers: HeaderMap, 
 }
 
 pub async fn greeting_wav(State(state): State<AppState>) -> Response {
-    ([("content-type", "audio/wav"), ("cache-control", "public, max-age=300")], state.ctx.greeting_wav.clone()).into_response()
+    (
+        [("content-type", "audio/wav"), ("cache-control", "public, max-age=300")],
+        state.ctx.greeting_wav.clone(),
+    )
+        .into_response()
 }
