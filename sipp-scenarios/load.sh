@@ -35,3 +35,15 @@ grep -E "Successful call|Failed call" "$OUT/load-sipp.out"
 RTT=$(ls -t sipp-scenarios/uac_call_pcmu_*_rtt.csv | head -1)
 tail -n +2 "$RTT" | cut -d';' -f2 | sort -n | awk '{v[NR]=$1} END {printf "SIPp INVITE->200 ms: p50=%s p99=%s max=%s (n=%d)\n", v[int(NR*0.5)], v[int(NR*0.99)], v[NR], NR}'
 mv sipp-scenarios/uac_call_pcmu_*_rtt.csv "$OUT"/ 2>/dev/null || true
+
+echo "## precall's own metrics after the run (http://127.0.0.1:3016/metrics)"
+curl -fsS http://127.0.0.1:3016/metrics | grep -E '^precall_(calls_total|live_calls|rtp_packets_[a-z]+_total|clone_outcomes_total|agent_connect_seconds_count|clone_wait_seconds_count)' || echo "metrics unavailable"
+echo "## /health while draining (SIGTERM): load balancers see 503 and move away"
+curl -sS http://127.0.0.1:3016/health; echo
+# A call in flight keeps the daemon draining long enough to look.
+"$LOAD" --target 127.0.0.1:5070 --calls 1 --rate 1 --hold 3 >/dev/null 2>&1 &
+sleep 0.5
+kill -TERM $PID
+sleep 0.3
+curl -sS -o /dev/null -w "HTTP %{http_code} " http://127.0.0.1:3016/health; curl -sS http://127.0.0.1:3016/health; echo
+wait $PID 2>/dev/null || true

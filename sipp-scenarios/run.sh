@@ -79,6 +79,14 @@ echo "   $BRIDGED calls handed from the greeting to the agent"
 [ "$BRIDGED" -ge 1 ] || { echo "   the end_call caller should have heard the agent"; FAILED=1; }
 [ "$LOW" -eq 0 ] || { echo "   every call should carry ~200 packets of SIPp audio"; FAILED=1; }
 if grep -q "call ended.*reason=cancelled" "$LOGS/ringing.log"; then echo "   cancelled call recorded as cancelled"; else echo "   cancelled call not recorded"; FAILED=1; fi
+# The HTTP side of the main daemon: healthy, and its metrics count the calls.
+HEALTH=$(curl -fsS http://127.0.0.1:3016/health || true)
+echo "== /health: $HEALTH"
+case $HEALTH in *'"status":"ok"'*) ;; *) echo "   /health is not ok"; FAILED=1 ;; esac
+METRICS=$(curl -fsS http://127.0.0.1:3016/metrics || true)
+CALLS_METRIC=$(printf '%s\n' "$METRICS" | awk '/^precall_calls_total\{/ {s += $NF} END {print s + 0}')
+echo "== /metrics: precall_calls_total = $CALLS_METRIC"
+[ "$CALLS_METRIC" -ge 54 ] || { echo "   expected at least 54 calls counted"; FAILED=1; }
 # call_log: the mapped caller's first call cloned, its later calls hit the cache,
 # every other caller is unmapped, and nothing is missing.
 kill "${PIDS[0]}" && wait "${PIDS[0]}" 2>/dev/null || true
