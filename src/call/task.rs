@@ -20,6 +20,7 @@ use crate::media::prompt::Player;
 use crate::media::prompt::Prompt;
 use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
+use crate::media::wire::WireCodec;
 use crate::sip::endpoint::{CallKey, ReferProgress};
 use crate::sip::message::Rejection;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
@@ -114,12 +115,16 @@ struct MediaOut {
     agent: Option<AgentLink>,
     /// The agent's transfer tool call waiting for the REFER's outcome.
     transfer: Option<String>,
+    /// The codec on the wire (G.711 as is, Opus transcoded).
+    wire: Option<WireCodec>,
+    inbound: Vec<u8>,
 }
 
 /// Runs one call to its end, then reports it finished.
 pub async fn run(mut ctx: CallContext, created: Instant) {
     let mut call = Call::new(created, ctx.limits);
-    let mut receiver = RtpReceiver::new(8000, created);
+    let rate = if ctx.negotiated.is_some_and(|n| n.opus) { 48000 } else { 8000 };
+    let mut receiver = RtpReceiver::new(rate, created);
     let mut media = MediaOut {
         sender: None,
         dest: ctx.negotiated.map(|n| n.remote),
@@ -133,6 +138,8 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         digits: String::new(),
         agent: None,
         transfer: None,
+        wire: None,
+        inbound: Vec::with_capacity(480),
     };
     let mut recv_buf = [0u8; 2048];
     tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
@@ -242,7 +249,18 @@ async fn carry_out(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut)
                 let now = Instant::now();
                 let mut rng = rand::rng();
                 let pt = ctx.negotiated.map_or(0, |n| n.payload_type);
-                media.sender = Some(RtpSender::new(rng.random(), pt, rng.random(), rng.random(), now));
+                let mut sender = RtpSender::new(rng.random(), pt, rng.random(), rng.random(), now);
+                match WireCodec::new(ctx.negotiated.is_some_and(|n| n.opus)) {
+                    Ok(w) => {
+                        sender.set_clock_rate(w.clock_rate());
+                        media.wire = Some(w);
+                    }
+                    Err(e) => {
+                        tracing::error!(call = %ctx.key, error = %e, "cannot start the call's codec");
+                        call.handle(now, CallInput::End(EndReason::Error(e)));
+                    }
+                }
+                media.sender = Some(sender);
                 media.started = Some(now);
             }
             // Keep the sender for its counters; the clock stops.
@@ -283,14 +301,19 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
                 link.upstream_tick();
             }
             if sending {
-                let len = match media.agent.as_mut() {
+                let frame = match media.agent.as_mut() {
                     Some(link) => {
                         let (payload, ends) = link.frame(now, &mut ctx.player, &ctx.apology);
                         end = end.or(ends);
-                        s.write_next(payload, &mut media.buf)
+                        payload
                     }
-                    None => s.write_next(ctx.player.next_frame(n.codec), &mut media.buf),
+                    None => ctx.player.next_frame(n.codec),
                 };
+                let payload = match media.wire.as_mut() {
+                    Some(w) => w.outbound(frame),
+                    None => frame,
+                };
+                let len = s.write_next(payload, &mut media.buf);
                 if let Some(to) = media.dest {
                     let _ = ctx.socket.send_to(&media.buf[..len], to).await;
                 }
@@ -351,7 +374,11 @@ fn inbound_rtp(
                     }
                 }
             } else if let Some(link) = media.agent.as_mut() {
-                link.caller_packet(header.sequence, packet.payload);
+                let payload = match media.wire.as_mut().and_then(|w| w.inbound(packet.payload, &mut media.inbound)) {
+                    Some(transcoded) => transcoded,
+                    None => packet.payload,
+                };
+                link.caller_packet(header.sequence, payload);
             }
         }
         Latch::Ignore => media.ignored += 1,

@@ -5,7 +5,10 @@ pub mod bridge;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+#[cfg(feature = "opus")]
+pub mod opus;
 pub mod prompt;
 pub mod resample;
 pub mod rtp;
 pub mod session;
+pub mod wire;

@@ -33,6 +33,8 @@ pub struct RtpSender {
     /// Packets actually sent (skipped frames are not).
     sent: u64,
     marker: bool,
+    /// RTP clock ticks per 20 ms frame: 160 at 8 kHz, 960 for Opus (48 kHz clock).
+    timestamp_step: u32,
 }
 
 impl RtpSender {
@@ -47,7 +49,13 @@ impl RtpSender {
             next_frame: 0,
             sent: 0,
             marker: true,
+            timestamp_step: TIMESTAMP_STEP,
         }
+    }
+
+    /// The payload's RTP clock rate (8000 for G.711, 48000 for Opus).
+    pub fn set_clock_rate(&mut self, rate: u32) {
+        self.timestamp_step = rate / 50;
     }
 
     /// When the next frame is due.
@@ -103,7 +111,7 @@ impl RtpSender {
             sequence: self.first_sequence.wrapping_add(self.sent as u16),
             timestamp: self
                 .first_timestamp
-                .wrapping_add((self.next_frame as u32).wrapping_mul(TIMESTAMP_STEP)),
+                .wrapping_add((self.next_frame as u32).wrapping_mul(self.timestamp_step)),
             ssrc: self.ssrc,
         };
         let _ = header.write(buf);

@@ -207,7 +207,11 @@ fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
 /// What the offer/answer exchange settled for the call's audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
+    /// The G.711 law the call's audio is handled in (the wire codec, or for an
+    /// Opus call the law used inside precall: Opus is transcoded at the RTP edge).
     pub codec: G711,
+    /// The RTP payload is Opus (48 kHz RTP clock), not `codec`.
+    pub opus: bool,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
     /// Where the SDP says to send RTP (until symmetric RTP learns better).
@@ -238,12 +242,24 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
         return Err(SdpError::NoAudio);
     };
     let audio = &offer.media[audio_index];
-    let (codec, payload_type) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
+    let (codec, payload_type, opus) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
+    let event_rate = if opus { 48000 } else { 8000 };
     let telephone_event = audio
         .rtpmaps
         .iter()
-        .find(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000)
+        .find(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == event_rate)
+        .or_else(|| {
+            audio
+                .rtpmaps
+                .iter()
+                .find(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000)
+        })
         .map(|m| m.payload_type);
+    let event_rate = audio
+        .rtpmaps
+        .iter()
+        .find(|m| Some(m.payload_type) == telephone_event)
+        .map_or(8000, |m| m.clock_rate);
     let conn = audio.connection.or(offer.connection).ok_or(SdpError::NoConnection)?;
     let offered = audio.direction.or(offer.direction).unwrap_or(Direction::SendRecv);
     // RFC 2543 hold: c=0.0.0.0 means "do not send to me".
@@ -257,6 +273,7 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
     }
     let negotiated = Negotiated {
         codec,
+        opus,
         payload_type,
         telephone_event,
         remote: SocketAddr::new(conn, audio.port),
@@ -265,7 +282,15 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
     let mut body = session_header(local);
     for (i, m) in offer.media.iter().enumerate() {
         if i == audio_index {
-            write_audio(&mut body, local.port, payload_type, codec, telephone_event, direction);
+            let wire = if opus { Wire::Opus } else { Wire::G711(codec) };
+            write_audio(
+                &mut body,
+                local.port,
+                payload_type,
+                wire,
+                telephone_event.map(|te| (te, event_rate)),
+                direction,
+            );
         } else {
             // Refuse every other stream, keeping the offer's m-line order (§6).
             let fmt = m.formats.first().map_or("0", String::as_str);
@@ -294,7 +319,7 @@ pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError
         .iter()
         .find(|m| m.kind == "audio" && m.port != 0)
         .ok_or(SdpError::NoAudio)?;
-    let (codec, payload_type) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
+    let (codec, payload_type, opus) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
     let telephone_event = audio
         .rtpmaps
         .iter()
@@ -304,6 +329,7 @@ pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError
     let theirs = audio.direction.or(answer.direction).unwrap_or(Direction::SendRecv);
     Ok(Negotiated {
         codec,
+        opus,
         payload_type,
         telephone_event,
         remote: SocketAddr::new(conn, audio.port),
@@ -311,8 +337,11 @@ pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError
     })
 }
 
-fn choose_codec(m: &MediaDescription) -> Option<(G711, u8)> {
-    m.formats.iter().filter_map(|f| f.parse::<u8>().ok()).find_map(|pt| {
+/// The codec for a media line: the first G.711 format in the offer's order
+/// (precall's pipeline is 8 kHz, so G.711 costs nothing to carry), else Opus
+/// when built with the `opus` feature. Returns (internal law, payload type, opus).
+fn choose_codec(m: &MediaDescription) -> Option<(G711, u8, bool)> {
+    let g711 = m.formats.iter().filter_map(|f| f.parse::<u8>().ok()).find_map(|pt| {
         let codec = match m.rtpmaps.iter().find(|r| r.payload_type == pt) {
             Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMU") => Some(G711::Ulaw),
             Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMA") => Some(G711::Alaw),
@@ -321,8 +350,24 @@ fn choose_codec(m: &MediaDescription) -> Option<(G711, u8)> {
             None if pt == 8 => Some(G711::Alaw),
             None => None,
         };
-        codec.map(|c| (c, pt))
+        codec.map(|c| (c, pt, false))
+    });
+    if g711.is_some() || !cfg!(feature = "opus") {
+        return g711;
+    }
+    m.formats.iter().filter_map(|f| f.parse::<u8>().ok()).find_map(|pt| {
+        m.rtpmaps
+            .iter()
+            .find(|r| r.payload_type == pt && r.clock_rate == 48000 && r.encoding.eq_ignore_ascii_case("opus"))
+            .map(|_| (G711::Ulaw, pt, true))
     })
+}
+
+/// What goes on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    G711(G711),
+    Opus,
 }
 
 fn describe_formats(m: &MediaDescription) -> String {
@@ -350,18 +395,28 @@ fn session_header(local: &LocalMedia) -> String {
     body
 }
 
-fn write_audio(body: &mut String, port: u16, pt: u8, codec: G711, te: Option<u8>, direction: Direction) {
-    let name = match codec {
-        G711::Ulaw => "PCMU",
-        G711::Alaw => "PCMA",
-    };
+fn write_audio(body: &mut String, port: u16, pt: u8, wire: Wire, te: Option<(u8, u32)>, direction: Direction) {
     let _ = write!(body, "m=audio {port} RTP/AVP {pt}");
-    if let Some(te) = te {
+    if let Some((te, _)) = te {
         let _ = write!(body, " {te}");
     }
-    let _ = write!(body, "\r\na=rtpmap:{pt} {name}/8000\r\n");
-    if let Some(te) = te {
-        let _ = write!(body, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n");
+    match wire {
+        Wire::G711(G711::Ulaw) => {
+            let _ = write!(body, "\r\na=rtpmap:{pt} PCMU/8000\r\n");
+        }
+        Wire::G711(G711::Alaw) => {
+            let _ = write!(body, "\r\na=rtpmap:{pt} PCMA/8000\r\n");
+        }
+        Wire::Opus => {
+            // RFC 7587: always "/2" in rtpmap; we send mono.
+            let _ = write!(
+                body,
+                "\r\na=rtpmap:{pt} opus/48000/2\r\na=fmtp:{pt} useinbandfec=1; stereo=0; sprop-stereo=0\r\n"
+            );
+        }
+    }
+    if let Some((te, rate)) = te {
+        let _ = write!(body, "a=rtpmap:{te} telephone-event/{rate}\r\na=fmtp:{te} 0-16\r\n");
     }
     let _ = write!(body, "a=ptime:20\r\na={}\r\n", direction.attribute());
 }
