@@ -227,6 +227,8 @@ fn spawn_daemon(a: &Args, sim: &Simulator, dir: &std::path::Path) -> Child {
         .arg("serve")
         .env("PRECALL_SIP__LISTEN", format!("127.0.0.1:{}", a.port))
         .env("PRECALL_HTTP__LISTEN", "127.0.0.1:0")
+        .env("PRECALL_SIP__INVITE_RATE", "100000")
+        .env("PRECALL_SIP__INVITE_BURST", "100000")
         .env("PRECALL_RTP__PORT_MIN", "40000")
         .env("PRECALL_RTP__PORT_MAX", "49998")
         .env("PRECALL_LIMITS__MAX_CALLS", "2000")

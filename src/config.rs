@@ -23,6 +23,19 @@ pub enum ConfigError {
     Invalid { key: &'static str, why: String },
 }
 
+/// A comma-separated list of CIDRs (or plain addresses).
+fn cidrs(key: &'static str, list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| invalid(key, format!("{c:?} is not a CIDR or an IP address")))
+        })
+        .collect()
+}
+
 fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, why: why.into() }
 }
@@ -41,6 +54,17 @@ pub struct SipSection {
     pub answer_delay_ms: u64,
     /// Largest concurrent TCP connections accepted.
     pub max_tcp_connections: usize,
+    /// Comma-separated CIDRs or addresses (trunks, PBXs) allowed to send SIP;
+    /// empty = anyone.
+    pub allow_cidrs: String,
+    /// Sources outside `allow_cidrs` get no answer at all (instead of 403).
+    pub drop_unknown: bool,
+    /// New INVITEs per second per source address, and the burst allowed; beyond: 503.
+    pub invite_rate: f64,
+    pub invite_burst: f64,
+    /// SIP requests of any kind per second per source address, and the burst; beyond: dropped.
+    pub request_rate: f64,
+    pub request_burst: f64,
 }
 
 impl Default for SipSection {
@@ -51,6 +75,12 @@ impl Default for SipSection {
             user_agent: format!("precall/{}", env!("CARGO_PKG_VERSION")),
             answer_delay_ms: 0,
             max_tcp_connections: 1024,
+            allow_cidrs: String::new(),
+            drop_unknown: false,
+            invite_rate: 20.0,
+            invite_burst: 40.0,
+            request_rate: 200.0,
+            request_burst: 400.0,
         }
     }
 }
@@ -341,6 +371,7 @@ pub struct Settings {
     pub node_id: String,
     pub http_listen: Option<SocketAddr>,
     pub http_allow: Vec<ipnet::IpNet>,
+    pub sip_allow: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -557,24 +588,23 @@ impl Settings {
                 .map_err(|_| invalid("http.listen", format!("{:?} is not IP:port", raw.http.listen)))?;
             Some(addr)
         };
-        let http_allow = raw
-            .http
-            .allow_cidrs
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(|c| {
-                c.parse::<ipnet::IpNet>()
-                    .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| invalid("http.allow_cidrs", format!("{c:?} is not a CIDR or an IP address")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let http_allow = cidrs("http.allow_cidrs", &raw.http.allow_cidrs)?;
+        let sip_allow = cidrs("sip.allow_cidrs", &raw.sip.allow_cidrs)?;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !(positive(raw.sip.invite_rate) && positive(raw.sip.request_rate) && raw.sip.invite_burst >= 1.0 && raw.sip.request_burst >= 1.0)
+        {
+            return Err(invalid(
+                "sip.invite_rate/invite_burst/request_rate/request_burst",
+                "rates must be above 0 and bursts at least 1",
+            ));
+        }
         if raw.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
         Ok(Settings {
             http_listen,
             http_allow,
+            sip_allow,
             sip_listen,
             public_addr,
             rtp_ports: (lo_even, hi_even),

@@ -23,6 +23,7 @@ use crate::config::Settings;
 use crate::elevenlabs::ws::AgentConfig;
 use crate::media::prompt::{Player, Prompt, PromptError};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SipEvent};
+use crate::sip::guard::{Guard, GuardConfig, Verdict};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::sdp::{self, LocalMedia, SessionDescription};
 use crate::sip::transport::{self, Inbound};
@@ -130,7 +131,16 @@ pub async fn start(
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(8192);
     let prompts = Arc::new(RwLock::new(prompts));
+    let guard = Guard::new(GuardConfig {
+        allow: settings.sip_allow.clone(),
+        drop_unknown: settings.raw.sip.drop_unknown,
+        invite_rate: settings.raw.sip.invite_rate,
+        invite_burst: settings.raw.sip.invite_burst,
+        request_rate: settings.raw.sip.request_rate,
+        request_burst: settings.raw.sip.request_burst,
+    });
     let task = SipTask {
+        guard,
         endpoint,
         udp: Arc::new(udp),
         sip_addr,
@@ -163,6 +173,7 @@ struct CallEntry {
 }
 
 struct SipTask {
+    guard: Guard,
     endpoint: Endpoint,
     udp: Arc<UdpSocket>,
     sip_addr: SocketAddr,
@@ -217,12 +228,12 @@ impl SipTask {
                 r = self.udp.recv_from(&mut buf) => match r {
                     Ok((n, remote)) => {
                         let flow = Flow { transport: Transport::Udp, remote, local: self.local_addr_for(remote) };
-                        self.endpoint.handle_datagram(Instant::now(), flow, &buf[..n]);
+                        self.inbound_message(flow, &buf[..n]);
                     }
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(msg) = inbound.recv() => match msg {
-                    Inbound::Message { flow, data } => self.endpoint.handle_datagram(Instant::now(), flow, &data),
+                    Inbound::Message { flow, data } => self.inbound_message(flow, &data),
                     Inbound::TcpOpened { id, writer } => { self.tcp_writers.insert(id, writer); }
                     Inbound::TcpClosed { id } => { self.tcp_writers.remove(&id); }
                 },
@@ -456,6 +467,28 @@ impl SipTask {
 
     /// Our address as the peer sees it: the listen address, or (listening on
     /// 0.0.0.0) the source address the kernel routes towards the peer.
+    /// Every SIP message passes the guard (allowlist, per-source rates) first.
+    fn inbound_message(&mut self, flow: Flow, data: &[u8]) {
+        let now = Instant::now();
+        let (verdict, log) = self.guard.check(now, flow.remote.ip(), data);
+        match verdict {
+            Verdict::Pass => self.endpoint.handle_datagram(now, flow, data),
+            Verdict::Refuse(r) => {
+                metrics::counter!("precall_sip_refused_total", "status" => r.status.to_string()).increment(1);
+                if log {
+                    tracing::warn!(peer = %flow.remote, status = r.status, reason = %r.reason, "SIP request refused by the guard (logged once per 10 s per source)");
+                }
+                self.endpoint.refuse_datagram(flow, data, r);
+            }
+            Verdict::Drop => {
+                metrics::counter!("precall_sip_dropped_total").increment(1);
+                if log {
+                    tracing::warn!(peer = %flow.remote, "SIP message from this source dropped by the guard (logged once per 10 s per source)");
+                }
+            }
+        }
+    }
+
     fn local_addr_for(&mut self, remote: SocketAddr) -> SocketAddr {
         if !self.sip_addr.ip().is_unspecified() {
             return self.sip_addr;

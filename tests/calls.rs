@@ -225,7 +225,14 @@ async fn cancel_while_ringing_gets_200_and_487() {
 
 #[tokio::test]
 async fn garbage_sip_and_rtp_never_take_the_daemon_down() {
-    let daemon = start_daemon(|_| {}).await;
+    // Every datagram must reach the parser here, so the per-source limits are lifted.
+    let daemon = start_daemon(|r| {
+        r.sip.request_rate = 1e9;
+        r.sip.request_burst = 1e9;
+        r.sip.invite_rate = 1e9;
+        r.sip.invite_burst = 1e9;
+    })
+    .await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
     let (_, ok) = c.final_response(SEC).await;

@@ -295,6 +295,18 @@ impl Endpoint {
         }
     }
 
+    /// Answers a message the guard turned away with `rejection`, statelessly
+    /// (never an ACK, and only what parses well enough to be answered).
+    pub fn refuse_datagram(&mut self, flow: Flow, data: &[u8], rejection: Rejection) {
+        let Ok(raw) = message::parse(data) else { return };
+        let StartLine::Request { method, .. } = &raw.start else { return };
+        if method == "ACK" || raw.headers.get("Via").is_none() {
+            return;
+        }
+        let method = method.clone();
+        self.refuse_raw(flow, &method, &raw, rejection);
+    }
+
     fn handle_request(&mut self, now: Instant, flow: Flow, raw: RawMessage) {
         let method = match &raw.start {
             StartLine::Request { method, .. } => method.clone(),

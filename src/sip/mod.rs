@@ -4,6 +4,7 @@
 //! sockets is [`transport`].
 
 pub mod endpoint;
+pub mod guard;
 pub mod header;
 pub mod message;
 pub mod sdp;
