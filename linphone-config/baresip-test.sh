@@ -29,7 +29,7 @@ grep -q "listening for SIP" "$LOGS/precall.log" || { echo "precall did not start
 # baresip: files instead of a sound card, no registration, G.711 first.
 sox sipp-scenarios/audio/caller-pcmu.wav -r 8000 -c 1 -b 16 -e signed-integer "$WORK/speak.wav" 2>/dev/null \
   || cp sipp-scenarios/audio/caller-pcmu.wav "$WORK/speak.wav"
-mkdir -p "$WORK/baresip"
+mkdir -p "$WORK/baresip" "$WORK/rec"
 cat >"$WORK/baresip/config" <<CFG
 poll_method epoll
 sip_listen 127.0.0.1:5096
@@ -41,6 +41,8 @@ audio_channels 1
 module_path /usr/lib/baresip/modules
 module g711.so
 module aufile.so
+module sndfile.so
+snd_path $WORK/rec
 module_app account.so
 module_app menu.so
 CFG
@@ -54,9 +56,11 @@ echo "precall: $LINE"
 case $LINE in *reason=caller_bye*) ;; *) echo "FAIL: no call ended by baresip's BYE"; FAILED=1 ;; esac
 IN=$(printf '%s' "$LINE" | sed -E 's/.*rtp_in_packets=([0-9]+).*/\1/')
 [ "${IN:-0}" -ge 100 ] 2>/dev/null || { echo "FAIL: precall received ${IN:-0} RTP packets from baresip"; FAILED=1; }
-if [ -s "$WORK/heard.wav" ]; then
-  RMS=$(sox "$WORK/heard.wav" -n stat 2>&1 | awk '/RMS     amplitude/ {print $3}')
-  echo "baresip heard: $(soxi -D "$WORK/heard.wav" 2>/dev/null) s, RMS amplitude $RMS"
+# sndfile writes what baresip decoded (heard) as *-dec.wav.
+HEARD=$(ls "$WORK"/rec/*dec*.wav 2>/dev/null | head -1 || true)
+if [ -n "$HEARD" ] && [ -s "$HEARD" ]; then
+  RMS=$(sox "$HEARD" -n stat 2>&1 | awk '/RMS     amplitude/ {print $3}')
+  echo "baresip heard: $(soxi -D "$HEARD" 2>/dev/null) s, RMS amplitude $RMS"
   awk -v r="${RMS:-0}" 'BEGIN { exit !(r > 0.01) }' || { echo "FAIL: baresip heard silence"; FAILED=1; }
 else
   echo "FAIL: baresip recorded nothing"; FAILED=1
