@@ -93,6 +93,7 @@ fn sip(c: &mut Criterion) {
         user_agent: "bench".into(),
         timers: Default::default(),
         public_addr: None,
+        session: Default::default(),
     });
     let mut n = 0u64;
     c.bench_function("sip endpoint: INVITE, answer, ACK, BYE (one call)", |b| {

@@ -65,6 +65,10 @@ pub struct SipSection {
     /// SIP requests of any kind per second per source address, and the burst; beyond: dropped.
     pub request_rate: f64,
     pub request_burst: f64,
+    /// Session timer (RFC 4028) asked for when the caller supports timers but names no interval.
+    pub session_expires_seconds: u64,
+    /// Shortest session interval accepted (RFC 4028's floor is 90); shorter gets 422.
+    pub session_min_se_seconds: u64,
 }
 
 impl Default for SipSection {
@@ -81,6 +85,8 @@ impl Default for SipSection {
             invite_burst: 40.0,
             request_rate: 200.0,
             request_burst: 400.0,
+            session_expires_seconds: 1800,
+            session_min_se_seconds: 90,
         }
     }
 }
@@ -590,6 +596,12 @@ impl Settings {
         };
         let http_allow = cidrs("http.allow_cidrs", &raw.http.allow_cidrs)?;
         let sip_allow = cidrs("sip.allow_cidrs", &raw.sip.allow_cidrs)?;
+        if raw.sip.session_min_se_seconds == 0 || raw.sip.session_expires_seconds < raw.sip.session_min_se_seconds {
+            return Err(invalid(
+                "sip.session_expires_seconds/session_min_se_seconds",
+                "the minimum must be at least 1 and the default at least the minimum",
+            ));
+        }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !(positive(raw.sip.invite_rate) && positive(raw.sip.request_rate) && raw.sip.invite_burst >= 1.0 && raw.sip.request_burst >= 1.0)
         {

@@ -22,7 +22,7 @@ use crate::clone::CloneService;
 use crate::config::Settings;
 use crate::elevenlabs::ws::AgentConfig;
 use crate::media::prompt::{Player, Prompt, PromptError};
-use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SipEvent};
+use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SessionTimerConfig, SipEvent};
 use crate::sip::guard::{Guard, GuardConfig, Verdict};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::sdp::{self, LocalMedia, SessionDescription};
@@ -128,6 +128,10 @@ pub async fn start(
         user_agent: settings.raw.sip.user_agent.clone(),
         timers: Default::default(),
         public_addr: settings.public_addr,
+        session: SessionTimerConfig {
+            default: Duration::from_secs(settings.raw.sip.session_expires_seconds),
+            min_se: Duration::from_secs(settings.raw.sip.session_min_se_seconds),
+        },
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(8192);
     let prompts = Arc::new(RwLock::new(prompts));
@@ -319,6 +323,7 @@ impl SipTask {
             SipEvent::Cancelled { call } => (call, CallEvent::Input(CallInput::Cancelled)),
             SipEvent::ByeReceived { call } => (call, CallEvent::Input(CallInput::ByeReceived)),
             SipEvent::AckTimeout { call } => (call, CallEvent::Input(CallInput::AckTimeout)),
+            SipEvent::SessionExpired { call } => (call, CallEvent::Input(CallInput::SessionExpired)),
             SipEvent::Reoffer { call, body } => (call, CallEvent::Reoffer(body)),
             SipEvent::Terminated { call } => (call, CallEvent::Input(CallInput::Terminated)),
             SipEvent::Refer { call, progress } => (call, CallEvent::Refer(progress)),

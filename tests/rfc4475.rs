@@ -146,6 +146,7 @@ fn every_torture_message_gets_the_rfc_answer() {
         user_agent: "precall-test".into(),
         timers: Default::default(),
         public_addr: None,
+        session: Default::default(),
     });
     let now = Instant::now();
     for (name, _, _) in EXPECTED {

@@ -49,6 +49,8 @@ pub enum EndReason {
     AgentError(u16),
     /// The caller was handed on with REFER.
     Transferred,
+    /// The caller stopped refreshing the session timer (RFC 4028).
+    SessionExpired,
     Error(String),
 }
 
@@ -65,6 +67,7 @@ impl EndReason {
             EndReason::AgentEnded => "agent_end_call",
             EndReason::AgentError(_) => "agent_error",
             EndReason::Transferred => "transferred",
+            EndReason::SessionExpired => "session_expired",
             EndReason::Error(_) => "error",
         }
     }
@@ -92,6 +95,8 @@ pub enum CallInput {
     ByeReceived,
     /// No ACK: the SIP layer already sent BYE.
     AckTimeout,
+    /// The session timer ran out: the SIP layer already sent BYE.
+    SessionExpired,
     /// The dialog is gone (our BYE completed or timed out).
     Terminated,
     /// The daemon is stopping and the drain period is over.
@@ -186,6 +191,10 @@ impl Call {
             }
             CallInput::AckTimeout => {
                 self.ending = Some(EndReason::AckTimeout);
+                self.stop_media_and_wait();
+            }
+            CallInput::SessionExpired => {
+                self.ending = Some(EndReason::SessionExpired);
                 self.stop_media_and_wait();
             }
             CallInput::Terminated => {

@@ -62,6 +62,8 @@ pub struct EndpointConfig {
     pub timers: Timers,
     /// Overrides the address written into Contact and Via (NAT, `sip.public_addr`).
     pub public_addr: Option<SocketAddr>,
+    /// Session timers (RFC 4028).
+    pub session: SessionTimerConfig,
 }
 
 /// What the call layer learns from signalling.
@@ -82,6 +84,9 @@ pub enum SipEvent {
     Reoffer { call: CallKey, body: Bytes },
     /// The dialog is gone (our BYE completed or timed out, or a rejection was acknowledged).
     Terminated { call: CallKey },
+    /// The caller stopped refreshing the session (RFC 4028), or our refresh was
+    /// refused with 408/481: a BYE is on its way.
+    SessionExpired { call: CallKey },
     /// How a transfer is going (RFC 3515): the final response to our REFER, then
     /// the status lines of the transferee's NOTIFYs. 408 when REFER got no answer.
     Refer { call: CallKey, progress: ReferProgress },
@@ -127,6 +132,7 @@ enum TimerId {
     Server(u64),
     Client(u64),
     Dialog(CallKey),
+    Session(CallKey),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +214,8 @@ struct Dialog {
     /// The initial INVITE's transaction key: its retransmissions after our 2xx
     /// get the 2xx again (RFC 6026 "Accepted").
     invite_key: String,
+    /// The session timer, when the caller asked for one (RFC 4028).
+    session: Option<session_timer::SessionTimer>,
 }
 
 /// The sans-IO UAS. See the module docs.
@@ -413,6 +421,10 @@ impl Endpoint {
             return self.refuse(now, flow, req, key, Rejection::new(482, "Loop Detected: merged request"));
         }
 
+        let session = match self.session_request(now, &req) {
+            Ok(s) => s,
+            Err(r) => return self.refuse(now, flow, req, key, r),
+        };
         let call = CallKey(self.next_id());
         let tx = self.new_server_tx(key.clone(), true, flow, Some(call));
         let local_tag = random_token(10);
@@ -446,6 +458,7 @@ impl Endpoint {
             reoffer: None,
             delayed_offer: req.body.is_empty(),
             invite_key: key.clone(),
+            session,
         };
         self.dialog_index.insert((req.call_id.clone(), local_tag), call);
         // 100 Trying at once (§17.2.1): it stops the caller's INVITE retransmissions.
@@ -484,7 +497,8 @@ impl Endpoint {
             return;
         }
         let (tag, flow, invite_key) = (d.local_tag.clone(), d.flow, d.invite_key.clone());
-        let extra = [("Contact", self.contact(flow)), ("Allow", ALLOW.to_owned())];
+        let mut extra = vec![("Contact", self.contact(flow)), ("Allow", ALLOW.to_owned())];
+        extra.extend(self.session_headers(call));
         let resp = self.response_tagged(req, 200, "OK", Some(&tag), Some(("application/sdp", sdp)), &extra);
         // §17.2.1: a 2xx ends the INVITE server transaction; the UAS core takes over.
         self.remove_server(tx);
@@ -499,6 +513,7 @@ impl Endpoint {
             d.give_up_at = Some(now + 64 * t1);
         }
         self.schedule(now + t1, TimerId::Dialog(call));
+        self.session_started(now, call);
     }
 
     /// Refuses the INVITE (503 at capacity, 488 on SDP…). The dialog ends when the
@@ -541,12 +556,11 @@ impl Endpoint {
         let tag = d.local_tag.clone();
         let flow = d.flow;
         let (status, reason, body, extra) = match &answer {
-            Ok(sdp) => (
-                200,
-                "OK".to_owned(),
-                Some(("application/sdp", sdp.as_slice())),
-                vec![("Contact", self.contact(flow))],
-            ),
+            Ok(sdp) => {
+                let mut h = vec![("Contact", self.contact(flow))];
+                h.extend(self.session_headers(call));
+                (200, "OK".to_owned(), Some(("application/sdp", sdp.as_slice())), h)
+            }
             Err(r) => (
                 r.status,
                 r.reason.clone(),
@@ -589,6 +603,7 @@ impl Endpoint {
                 TimerId::Server(tx) => self.server_timer(now, tx),
                 TimerId::Client(tx) => self.client_timer(now, tx),
                 TimerId::Dialog(call) => self.dialog_timer(now, call),
+                TimerId::Session(call) => self.session_timer(now, call),
             }
         }
     }
@@ -857,6 +872,7 @@ impl Endpoint {
                     let trying = self.response_tagged(&req, 100, "Trying", Some(&local_tag), None, &[]);
                     self.send_provisional(id, trying);
                 }
+                self.session_refreshed(now, call, &req);
                 let Some(d) = self.dialogs.get_mut(&call) else { return };
                 d.reoffer = Some((id, req.method.clone()));
                 d.delayed_offer = req.body.is_empty();
@@ -893,8 +909,14 @@ impl Endpoint {
                 self.refuse(now, flow, req, key, r);
             }
             "UPDATE" | "INFO" | "OPTIONS" => {
+                let mut extra = vec![("Allow", ALLOW.to_owned())];
+                if req.method == "UPDATE" {
+                    // An UPDATE without an offer is a session refresh (RFC 4028 §8).
+                    self.session_refreshed(now, call, &req);
+                    extra.extend(self.session_headers(call));
+                }
                 let id = self.new_server_tx(key, false, flow, None);
-                let resp = self.response(&req, 200, "OK", None, &[("Allow", ALLOW.into())]);
+                let resp = self.response_tagged(&req, 200, "OK", Some(&local_tag), None, &extra);
                 self.send_final(now, id, resp, 200);
             }
             m if KNOWN_NOT_ALLOWED.contains(&m) => {
@@ -1067,6 +1089,8 @@ impl Endpoint {
         if method == "REFER" {
             let progress = ReferProgress::Answered(resp.status);
             self.outputs.push_back(Output::Event(SipEvent::Refer { call, progress }));
+        } else if method == "UPDATE" {
+            self.session_refresh_answered(now, call, resp.status);
         } else {
             self.finish_call(call);
         }
@@ -1083,6 +1107,8 @@ impl Endpoint {
             if !done && method == "REFER" {
                 let progress = ReferProgress::Answered(408);
                 self.outputs.push_back(Output::Event(SipEvent::Refer { call, progress }));
+            } else if !done && method == "UPDATE" {
+                self.session_refresh_answered(now, call, 408);
             } else if !done {
                 // Timer F: the far end never answered our BYE; the call is over anyway.
                 self.finish_call(call);
@@ -1255,5 +1281,8 @@ pub fn random_token(len: usize) -> String {
     (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
+mod session_timer;
 #[cfg(test)]
 mod tests;
+
+pub use session_timer::SessionTimerConfig;

@@ -29,6 +29,7 @@ impl Harness {
             user_agent: "precall-test".into(),
             timers: Timers::default(),
             public_addr: None,
+            session: Default::default(),
         });
         Harness {
             ep,
