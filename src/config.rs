@@ -69,6 +69,40 @@ pub struct SipSection {
     pub session_expires_seconds: u64,
     /// Shortest session interval accepted (RFC 4028's floor is 90); shorter gets 422.
     pub session_min_se_seconds: u64,
+    /// Trunks to register to (`[[sip.registrations]]` in the TOML file).
+    pub registrations: Vec<RegistrationSection>,
+}
+
+/// One `[[sip.registrations]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationSection {
+    /// The registrar: `sip:sip.provider.example[:port]`.
+    pub registrar: String,
+    /// Address of record: `sip:1000@provider.example`.
+    pub aor: String,
+    pub username: String,
+    /// The password, or (better) `password_env`: the environment variable holding it.
+    pub password: String,
+    pub password_env: String,
+    /// Requested registration lifetime; precall re-registers at 80 % of what is granted.
+    pub expires: u32,
+    /// Send REGISTERs here (`host[:port]`) instead of to the registrar's host.
+    pub outbound_proxy: String,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        RegistrationSection {
+            registrar: String::new(),
+            aor: String::new(),
+            username: String::new(),
+            password: String::new(),
+            password_env: String::new(),
+            expires: 3600,
+            outbound_proxy: String::new(),
+        }
+    }
 }
 
 impl Default for SipSection {
@@ -87,6 +121,7 @@ impl Default for SipSection {
             request_burst: 400.0,
             session_expires_seconds: 1800,
             session_min_se_seconds: 90,
+            registrations: Vec::new(),
         }
     }
 }
@@ -378,6 +413,20 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     pub http_allow: Vec<ipnet::IpNet>,
     pub sip_allow: Vec<ipnet::IpNet>,
+    /// Registrations with their passwords resolved (from `password_env` when set).
+    pub registrations: Vec<Registration>,
+}
+
+/// A validated registration: the host to resolve and the credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub registrar: String,
+    /// `host:port` REGISTERs go to (resolved when the daemon starts).
+    pub target: String,
+    pub aor: String,
+    pub username: String,
+    pub password: String,
+    pub expires: u32,
 }
 
 impl Settings {
@@ -602,6 +651,44 @@ impl Settings {
                 "the minimum must be at least 1 and the default at least the minimum",
             ));
         }
+        let mut registrations = Vec::new();
+        for r in &raw.sip.registrations {
+            let bad = |why: String| invalid("sip.registrations", format!("{}: {why}", r.aor));
+            let host = r
+                .registrar
+                .strip_prefix("sip:")
+                .ok_or_else(|| bad(format!("registrar {:?} is not a sip: URI", r.registrar)))?;
+            let host = host.split(';').next().unwrap_or(host);
+            if !r.aor.starts_with("sip:") || !r.aor.contains('@') {
+                return Err(bad("aor must look like sip:user@domain".into()));
+            }
+            let password = if r.password_env.is_empty() {
+                r.password.clone()
+            } else {
+                std::env::var(&r.password_env).map_err(|_| bad(format!("environment variable {} is not set", r.password_env)))?
+            };
+            if r.username.is_empty() || password.is_empty() || r.expires == 0 {
+                return Err(bad("username, a password (or password_env) and expires > 0 are required".into()));
+            }
+            let target = if r.outbound_proxy.is_empty() {
+                host.to_owned()
+            } else {
+                r.outbound_proxy.clone()
+            };
+            let target = if target.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+                target
+            } else {
+                format!("{target}:5060")
+            };
+            registrations.push(Registration {
+                registrar: r.registrar.clone(),
+                target,
+                aor: r.aor.clone(),
+                username: r.username.clone(),
+                password,
+                expires: r.expires,
+            });
+        }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !(positive(raw.sip.invite_rate) && positive(raw.sip.request_rate) && raw.sip.invite_burst >= 1.0 && raw.sip.request_burst >= 1.0)
         {
@@ -614,6 +701,7 @@ impl Settings {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
         Ok(Settings {
+            registrations,
             http_listen,
             http_allow,
             sip_allow,

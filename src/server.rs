@@ -25,6 +25,7 @@ use crate::media::prompt::{Player, Prompt, PromptError};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SessionTimerConfig, SipEvent};
 use crate::sip::guard::{Guard, GuardConfig, Verdict};
 use crate::sip::message::{Rejection, Request};
+use crate::sip::register::{RegState, Registration, RegistrationConfig};
 use crate::sip::sdp::{self, LocalMedia, SessionDescription};
 use crate::sip::transport::{self, Inbound};
 use crate::sip::{Flow, Transport};
@@ -75,6 +76,8 @@ pub struct Stats {
     /// Bumped by every turn of the SIP task's loop (at least once a second): the
     /// systemd watchdog pings only while it moves.
     pub heartbeat: AtomicU64,
+    /// Trunk registrations: (address of record, state), updated on changes.
+    pub registrations: std::sync::Mutex<Vec<(String, RegState)>>,
 }
 
 /// A running daemon.
@@ -143,7 +146,44 @@ pub async fn start(
         request_rate: settings.raw.sip.request_rate,
         request_burst: settings.raw.sip.request_burst,
     });
+    let mut registrations = Vec::new();
+    for r in &settings.registrations {
+        let target = match tokio::net::lookup_host(r.target.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+        {
+            Some(t) => t,
+            None => {
+                tracing::error!(aor = %r.aor, target = %r.target, "cannot resolve the registrar; this registration is skipped");
+                continue;
+            }
+        };
+        let local = settings.public_addr.unwrap_or_else(|| {
+            if sip_addr.ip().is_unspecified() {
+                std::net::UdpSocket::bind("0.0.0.0:0")
+                    .and_then(|s| {
+                        s.connect(target)?;
+                        s.local_addr()
+                    })
+                    .map_or(sip_addr, |a| SocketAddr::new(a.ip(), sip_addr.port()))
+            } else {
+                sip_addr
+            }
+        });
+        let cfg = RegistrationConfig {
+            registrar: r.registrar.clone(),
+            target,
+            aor: r.aor.clone(),
+            username: r.username.clone(),
+            password: r.password.clone(),
+            expires: r.expires,
+        };
+        tracing::info!(aor = %r.aor, registrar = %r.registrar, %target, "registering to the trunk");
+        registrations.push(Registration::new(cfg, local, Instant::now()));
+    }
     let task = SipTask {
+        registrations,
         guard,
         endpoint,
         udp: Arc::new(udp),
@@ -177,6 +217,7 @@ struct CallEntry {
 }
 
 struct SipTask {
+    registrations: Vec<Registration>,
     guard: Guard,
     endpoint: Endpoint,
     udp: Arc<UdpSocket>,
@@ -213,7 +254,13 @@ impl SipTask {
             let now = Instant::now();
             self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
             // Wake at least once a second so the heartbeat shows the task is alive.
+            self.registration_ticks(now).await;
             let mut wake = self.endpoint.poll_timeout().unwrap_or(now + far).min(now + Duration::from_secs(1));
+            for r in &self.registrations {
+                if let Some(at) = r.poll_timeout() {
+                    wake = wake.min(at);
+                }
+            }
             if let Some(since) = self.draining_since {
                 let drain_end = since + Duration::from_secs(self.settings.raw.limits.drain_seconds);
                 if now >= drain_end && !hung_up {
@@ -222,7 +269,9 @@ impl SipTask {
                 }
                 // Done when no call is left and our BYEs have been answered (or
                 // their transactions, 64·T1, have run out).
-                if self.calls.is_empty() && self.endpoint.pending_byes() == 0 {
+                // …and our unREGISTERs are answered (for at most 2 s).
+                let unregistering = self.registrations.iter().any(Registration::unregistering) && now < since + Duration::from_secs(2);
+                if self.calls.is_empty() && self.endpoint.pending_byes() == 0 && !unregistering {
                     break;
                 }
                 wake = wake.min(if hung_up { now + Duration::from_millis(100) } else { drain_end });
@@ -248,6 +297,7 @@ impl SipTask {
                         shutdown_open = false;
                         self.draining_since = Some(Instant::now());
                         self.stats.draining.store(true, Ordering::Relaxed);
+                        self.unregister_all().await;
                         tracing::info!(live_calls = self.calls.len(), drain_seconds = self.settings.raw.limits.drain_seconds, "draining: refusing new calls");
                     }
                 }
@@ -472,11 +522,82 @@ impl SipTask {
 
     /// Our address as the peer sees it: the listen address, or (listening on
     /// 0.0.0.0) the source address the kernel routes towards the peer.
+    /// Sends whatever the registrations want to send now, and publishes their states.
+    async fn registration_ticks(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        for r in &mut self.registrations {
+            if let Some(bytes) = r.handle_timeout(now) {
+                out.push((r.target(), bytes));
+            }
+        }
+        for (to, bytes) in out {
+            let _ = self.udp.send_to(&bytes, to).await;
+        }
+        self.publish_registrations();
+    }
+
+    fn registration_response(&mut self, now: Instant, resp: &crate::sip::message::Response) {
+        for r in &mut self.registrations {
+            if r.owns(resp) {
+                let before = r.state().clone();
+                if let Some(bytes) = r.handle_response(now, resp) {
+                    let udp = self.udp.clone();
+                    let to = r.target();
+                    tokio::spawn(async move {
+                        let _ = udp.send_to(&bytes, to).await;
+                    });
+                }
+                if *r.state() != before {
+                    tracing::info!(aor = %r.aor(), state = ?r.state(), status = resp.status, "registration");
+                }
+            }
+        }
+        self.publish_registrations();
+    }
+
+    async fn unregister_all(&mut self) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for r in &mut self.registrations {
+            if let Some(bytes) = r.unregister(now) {
+                tracing::info!(aor = %r.aor(), "unregistering (Expires: 0)");
+                out.push((r.target(), bytes));
+            }
+        }
+        for (to, bytes) in out {
+            let _ = self.udp.send_to(&bytes, to).await;
+        }
+    }
+
+    fn publish_registrations(&self) {
+        if self.registrations.is_empty() {
+            return;
+        }
+        let states: Vec<(String, RegState)> = self.registrations.iter().map(|r| (r.aor().to_owned(), r.state().clone())).collect();
+        let mut shared = self.stats.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        if *shared != states {
+            for (aor, state) in &states {
+                metrics::gauge!("precall_registration_up", "aor" => aor.clone()).set(if state.is_registered() { 1.0 } else { 0.0 });
+            }
+            *shared = states;
+        }
+    }
+
     /// Every SIP message passes the guard (allowlist, per-source rates) first.
     fn inbound_message(&mut self, flow: Flow, data: &[u8]) {
         let now = Instant::now();
         let (verdict, log) = self.guard.check(now, flow.remote.ip(), data);
         match verdict {
+            Verdict::Pass if !self.registrations.is_empty() && data.starts_with(b"SIP/2.0") => {
+                let response = crate::sip::message::parse(data)
+                    .ok()
+                    .and_then(crate::sip::message::Response::validate)
+                    .filter(|r| r.cseq.method == "REGISTER");
+                match response {
+                    Some(r) => self.registration_response(now, &r),
+                    None => self.endpoint.handle_datagram(now, flow, data),
+                }
+            }
             Verdict::Pass => self.endpoint.handle_datagram(now, flow, data),
             Verdict::Refuse(r) => {
                 metrics::counter!("precall_sip_refused_total", "status" => r.status.to_string()).increment(1);

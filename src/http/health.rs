@@ -22,6 +22,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let draining = ctx.stats.draining.load(Ordering::Relaxed);
     let live = ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio_live.load(Ordering::Relaxed);
+    let registrations: Vec<serde_json::Value> = ctx
+        .stats
+        .registrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(aor, state)| json!({"aor": aor, "registered": state.is_registered(), "state": format!("{state:?}")}))
+        .collect();
     let ok = database && agent != Some(false) && !draining;
     let status = if draining {
         "draining"
@@ -37,6 +45,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "live_calls": live,
         "database": {"ok": database, "backend": format!("{:?}", ctx.store.backend()).to_lowercase()},
         "agent": {"configured": ctx.agent.is_some(), "ok": agent, "backend": ctx.agent_backend},
+        "registrations": registrations,
     });
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()

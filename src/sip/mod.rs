@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod guard;
 pub mod header;
 pub mod message;
+pub mod register;
 pub mod sdp;
 pub mod transport;
 pub mod uri;
