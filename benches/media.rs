@@ -94,6 +94,7 @@ fn sip(c: &mut Criterion) {
         timers: Default::default(),
         public_addr: None,
         session: Default::default(),
+        auth: None,
     });
     let mut n = 0u64;
     c.bench_function("sip endpoint: INVITE, answer, ACK, BYE (one call)", |b| {

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -71,6 +72,22 @@ pub struct SipSection {
     pub session_min_se_seconds: u64,
     /// Trunks to register to (`[[sip.registrations]]` in the TOML file).
     pub registrations: Vec<RegistrationSection>,
+    /// Digest-authenticate incoming INVITEs in this realm; empty = no authentication.
+    pub auth_realm: String,
+    /// Who may call when `auth_realm` is set (`[[sip.auth_users]]`).
+    pub auth_users: Vec<AuthUserSection>,
+    /// How long a challenge's nonce stays fresh (older: `stale=true`).
+    pub auth_nonce_seconds: u64,
+}
+
+/// One `[[sip.auth_users]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthUserSection {
+    pub username: String,
+    pub password: String,
+    /// The environment variable holding the password (better than `password`).
+    pub password_env: String,
 }
 
 /// One `[[sip.registrations]]` entry.
@@ -122,6 +139,9 @@ impl Default for SipSection {
             session_expires_seconds: 1800,
             session_min_se_seconds: 90,
             registrations: Vec::new(),
+            auth_realm: String::new(),
+            auth_users: Vec::new(),
+            auth_nonce_seconds: 300,
         }
     }
 }
@@ -415,6 +435,8 @@ pub struct Settings {
     pub sip_allow: Vec<ipnet::IpNet>,
     /// Registrations with their passwords resolved (from `password_env` when set).
     pub registrations: Vec<Registration>,
+    /// Inbound digest authentication, when `sip.auth_realm` is set.
+    pub sip_auth: Option<crate::sip::auth::AuthConfig>,
 }
 
 /// A validated registration: the host to resolve and the credentials.
@@ -689,6 +711,38 @@ impl Settings {
                 expires: r.expires,
             });
         }
+        let sip_auth = if raw.sip.auth_realm.is_empty() {
+            None
+        } else {
+            let mut users = Vec::new();
+            for u in &raw.sip.auth_users {
+                let password = if u.password_env.is_empty() {
+                    u.password.clone()
+                } else {
+                    std::env::var(&u.password_env).map_err(|_| {
+                        invalid(
+                            "sip.auth_users",
+                            format!("{}: environment variable {} is not set", u.username, u.password_env),
+                        )
+                    })?
+                };
+                if u.username.is_empty() || password.is_empty() {
+                    return Err(invalid(
+                        "sip.auth_users",
+                        "each user needs a username and a password (or password_env)",
+                    ));
+                }
+                users.push((u.username.clone(), password));
+            }
+            if users.is_empty() {
+                return Err(invalid("sip.auth_users", "sip.auth_realm is set but no user may call"));
+            }
+            Some(crate::sip::auth::AuthConfig {
+                realm: raw.sip.auth_realm.clone(),
+                users,
+                nonce_lifetime: Duration::from_secs(raw.sip.auth_nonce_seconds.max(1)),
+            })
+        };
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !(positive(raw.sip.invite_rate) && positive(raw.sip.request_rate) && raw.sip.invite_burst >= 1.0 && raw.sip.request_burst >= 1.0)
         {
@@ -701,6 +755,7 @@ impl Settings {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
         Ok(Settings {
+            sip_auth,
             registrations,
             http_listen,
             http_allow,

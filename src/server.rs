@@ -135,6 +135,7 @@ pub async fn start(
             default: Duration::from_secs(settings.raw.sip.session_expires_seconds),
             min_se: Duration::from_secs(settings.raw.sip.session_min_se_seconds),
         },
+        auth: settings.sip_auth.clone(),
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(8192);
     let prompts = Arc::new(RwLock::new(prompts));

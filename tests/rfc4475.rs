@@ -147,6 +147,7 @@ fn every_torture_message_gets_the_rfc_answer() {
         timers: Default::default(),
         public_addr: None,
         session: Default::default(),
+        auth: None,
     });
     let now = Instant::now();
     for (name, _, _) in EXPECTED {

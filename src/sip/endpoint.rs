@@ -64,6 +64,8 @@ pub struct EndpointConfig {
     pub public_addr: Option<SocketAddr>,
     /// Session timers (RFC 4028).
     pub session: SessionTimerConfig,
+    /// Digest authentication of new INVITEs (`sip.auth_realm`).
+    pub auth: Option<crate::sip::auth::AuthConfig>,
 }
 
 /// What the call layer learns from signalling.
@@ -220,6 +222,7 @@ struct Dialog {
 
 /// The sans-IO UAS. See the module docs.
 pub struct Endpoint {
+    authenticator: Option<crate::sip::auth::Authenticator>,
     config: EndpointConfig,
     server: HashMap<u64, ServerTx>,
     server_index: HashMap<String, u64>,
@@ -239,6 +242,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(config: EndpointConfig) -> Self {
         Endpoint {
+            authenticator: config.auth.clone().map(crate::sip::auth::Authenticator::new),
             config,
             server: HashMap::new(),
             server_index: HashMap::new(),
@@ -421,6 +425,15 @@ impl Endpoint {
             return self.refuse(now, flow, req, key, Rejection::new(482, "Loop Detected: merged request"));
         }
 
+        // Digest authentication of new calls (re-INVITEs are in a dialog already).
+        if let Some(a) = &self.authenticator {
+            let credentials = req.headers.get("Authorization").or_else(|| req.headers.get("Proxy-Authorization"));
+            if let Err(failure) = a.verify("INVITE", credentials) {
+                let stale = failure == crate::sip::auth::AuthFailure::Stale;
+                let r = Rejection::new(401, "Unauthorized").with_header("WWW-Authenticate", a.challenge(stale));
+                return self.refuse(now, flow, req, key, r);
+            }
+        }
         let session = match self.session_request(now, &req) {
             Ok(s) => s,
             Err(r) => return self.refuse(now, flow, req, key, r),
@@ -724,7 +737,8 @@ impl Endpoint {
     fn refuse(&mut self, now: Instant, flow: Flow, req: Request, key: String, rejection: Rejection) {
         let id = self.new_server_tx(key, req.method == "INVITE", flow, None);
         let resp = self.response(&req, rejection.status, &rejection.reason, None, &rejection.headers);
-        let invite = (req.method == "INVITE" && req.to.tag().is_none()).then(|| RefusedInvite {
+        // A digest challenge is part of setting up a call, not a refused call.
+        let invite = (req.method == "INVITE" && req.to.tag().is_none() && rejection.status != 401).then(|| RefusedInvite {
             call_id: req.call_id.clone(),
             caller: req.from.uri.user_decoded(),
             callee: req.uri.user_decoded(),

@@ -3,6 +3,7 @@
 //! (RFC 3261 §17) and dialogs (§12) on injected time. The tokio edge that owns the
 //! sockets is [`transport`].
 
+pub mod auth;
 pub mod endpoint;
 pub mod guard;
 pub mod header;

@@ -30,6 +30,7 @@ impl Harness {
             timers: Timers::default(),
             public_addr: None,
             session: Default::default(),
+            auth: None,
         });
         Harness {
             ep,
