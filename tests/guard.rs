@@ -69,7 +69,13 @@ async fn only_allowed_sources_may_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_address_leaves_another_callers_media_on_time() {
-    let daemon = start_daemon(|r| r.limits.max_calls = 2000).await;
+    // Its own RTP range: the calls the flood gets admitted must not starve the other tests.
+    let daemon = start_daemon(|r| {
+        r.limits.max_calls = 2000;
+        r.rtp.port_min = 46000;
+        r.rtp.port_max = 46998;
+    })
+    .await;
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
     assert_eq!(c.final_response(SEC).await.1.status(), Some(200));
@@ -134,4 +140,31 @@ async fn a_flood_from_one_address_leaves_another_callers_media_on_time() {
     let live = daemon.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed);
     assert!(live <= 1 + 40 + 25, "the flood was rate-limited: {live} live calls");
     assert_eq!(c.bye().await.status(), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_tcp_connections() {
+    use tokio::io::AsyncReadExt;
+    let daemon = start_daemon(|_| {}).await;
+    let mut held = Vec::new();
+    for _ in 0..precall::sip::transport::MAX_CONNECTIONS_PER_SOURCE {
+        held.push(tokio::net::TcpStream::connect(daemon.sip_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(daemon.sip_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(SEC, extra.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection over the per-source limit is closed");
+    // Another address still gets in.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut ok = other.connect(daemon.sip_addr).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ok.read(&mut buf)).await.is_err(),
+        "kept open"
+    );
+    drop(held);
 }

@@ -40,7 +40,14 @@ pub async fn bind(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     Err(last_err.unwrap_or_else(|| io::Error::other("could not bind UDP and TCP on one port")))
 }
 
-/// Accepts TCP connections until shutdown, at most `max_connections` at a time.
+/// Concurrent TCP connections allowed from one address (a PBX needs a few; a
+/// scanner opening hundreds gets refused).
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+/// A TCP connection with no traffic (not even a CRLF keepalive) for this long is closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Accepts TCP connections until shutdown, at most `max_connections` at a time
+/// and [`MAX_CONNECTIONS_PER_SOURCE`] from one address.
 pub async fn accept_loop(
     listener: TcpListener,
     inbound: mpsc::Sender<Inbound>,
@@ -49,6 +56,7 @@ pub async fn accept_loop(
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let open = Arc::new(AtomicUsize::new(0));
+    let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -66,6 +74,15 @@ pub async fn accept_loop(
             tracing::warn!(peer = %remote, max_connections, "refusing TCP connection: limit reached");
             continue;
         }
+        {
+            let mut counts = per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(remote.ip()).or_default();
+            if *n >= MAX_CONNECTIONS_PER_SOURCE {
+                tracing::warn!(peer = %remote, "refusing TCP connection: too many from this address");
+                continue;
+            }
+            *n += 1;
+        }
         let local = match stream.local_addr() {
             Ok(a) => a,
             Err(_) => continue,
@@ -78,6 +95,7 @@ pub async fn accept_loop(
         }
         open.fetch_add(1, Ordering::Relaxed);
         let open = open.clone();
+        let per_source = per_source.clone();
         let inbound = inbound.clone();
         tokio::spawn(async move {
             let flow = Flow {
@@ -89,6 +107,15 @@ pub async fn accept_loop(
                 tracing::debug!(peer = %remote, error = %e, "TCP connection ended");
             }
             open.fetch_sub(1, Ordering::Relaxed);
+            {
+                let mut counts = per_source.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = counts.get_mut(&remote.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&remote.ip());
+                    }
+                }
+            }
             let _ = inbound.send(Inbound::TcpClosed { id }).await;
         });
     }
@@ -97,12 +124,19 @@ pub async fn accept_loop(
 async fn connection(stream: TcpStream, flow: Flow, inbound: mpsc::Sender<Inbound>, mut queue: mpsc::Receiver<Bytes>) -> io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let mut buf = BytesMut::with_capacity(8192);
+    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
+            _ = &mut idle => {
+                tracing::debug!(peer = %flow.remote, "closing idle TCP connection");
+                return Ok(());
+            }
             n = reader.read_buf(&mut buf) => {
                 if n? == 0 {
                     return Ok(());
                 }
+                idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
                 loop {
                     // RFC 5626 §4.4.1 keepalive: a double CRLF ping gets a CRLF pong;
                     // stray CRLFs between messages are skipped (RFC 3261 §7.5).
