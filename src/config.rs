@@ -106,6 +106,8 @@ pub struct RegistrationSection {
     pub expires: u32,
     /// Send REGISTERs here (`host[:port]`) instead of to the registrar's host.
     pub outbound_proxy: String,
+    /// `udp` or `tcp`.
+    pub transport: String,
 }
 
 impl Default for RegistrationSection {
@@ -118,6 +120,7 @@ impl Default for RegistrationSection {
             password_env: String::new(),
             expires: 3600,
             outbound_proxy: String::new(),
+            transport: "udp".into(),
         }
     }
 }
@@ -449,6 +452,7 @@ pub struct Registration {
     pub username: String,
     pub password: String,
     pub expires: u32,
+    pub tcp: bool,
 }
 
 impl Settings {
@@ -702,7 +706,13 @@ impl Settings {
             } else {
                 format!("{target}:5060")
             };
+            let tcp = match r.transport.to_ascii_lowercase().as_str() {
+                "udp" | "" => false,
+                "tcp" => true,
+                other => return Err(bad(format!("transport {other:?} is neither udp nor tcp"))),
+            };
             registrations.push(Registration {
+                tcp,
                 registrar: r.registrar.clone(),
                 target,
                 aor: r.aor.clone(),

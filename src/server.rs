@@ -122,7 +122,7 @@ pub async fn start(
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
     tokio::spawn(transport::accept_loop(
         tcp,
-        inbound_tx,
+        inbound_tx.clone(),
         settings.raw.sip.max_tcp_connections,
         shutdown_rx.clone(),
     ));
@@ -179,11 +179,14 @@ pub async fn start(
             username: r.username.clone(),
             password: r.password.clone(),
             expires: r.expires,
+            tcp: r.tcp,
         };
         tracing::info!(aor = %r.aor, registrar = %r.registrar, %target, "registering to the trunk");
         registrations.push(Registration::new(cfg, local, Instant::now()));
     }
     let task = SipTask {
+        inbound_tx: inbound_tx.clone(),
+        reg_conns: HashMap::new(),
         registrations,
         guard,
         endpoint,
@@ -218,6 +221,10 @@ struct CallEntry {
 }
 
 struct SipTask {
+    /// For outbound TCP connections (registrations) to report like accepted ones.
+    inbound_tx: mpsc::Sender<Inbound>,
+    /// Registration index → its TCP connection id.
+    reg_conns: HashMap<usize, u64>,
     registrations: Vec<Registration>,
     guard: Guard,
     endpoint: Endpoint,
@@ -282,14 +289,22 @@ impl SipTask {
                 r = self.udp.recv_from(&mut buf) => match r {
                     Ok((n, remote)) => {
                         let flow = Flow { transport: Transport::Udp, remote, local: self.local_addr_for(remote) };
-                        self.inbound_message(flow, &buf[..n]);
+                        self.inbound_message(flow, &buf[..n]).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(msg) = inbound.recv() => match msg {
-                    Inbound::Message { flow, data } => self.inbound_message(flow, &data),
+                    Inbound::Message { flow, data } => self.inbound_message(flow, &data).await,
                     Inbound::TcpOpened { id, writer } => { self.tcp_writers.insert(id, writer); }
-                    Inbound::TcpClosed { id } => { self.tcp_writers.remove(&id); }
+                    Inbound::TcpClosed { id } => {
+                        self.tcp_writers.remove(&id);
+                        self.reg_conns.retain(|_, c| *c != id);
+                    }
+                    Inbound::Connected { owner, id } => { self.reg_conns.insert(owner, id); }
+                    Inbound::ConnectFailed { owner, error } => {
+                        let aor = self.registrations.get(owner).map(|r| r.aor().to_owned()).unwrap_or_default();
+                        tracing::warn!(%aor, %error, "cannot open the TCP connection to the registrar");
+                    }
                 },
                 Some(cmd) = commands.recv() => self.command(cmd),
                 _ = &mut sleep => self.endpoint.handle_timeout(Instant::now()),
@@ -526,32 +541,51 @@ impl SipTask {
     /// Sends whatever the registrations want to send now, and publishes their states.
     async fn registration_ticks(&mut self, now: Instant) {
         let mut out = Vec::new();
-        for r in &mut self.registrations {
+        for (i, r) in self.registrations.iter_mut().enumerate() {
             if let Some(bytes) = r.handle_timeout(now) {
-                out.push((r.target(), bytes));
+                out.push((i, bytes));
             }
         }
-        for (to, bytes) in out {
-            let _ = self.udp.send_to(&bytes, to).await;
+        for (i, bytes) in out {
+            self.send_registration(i, bytes).await;
         }
         self.publish_registrations();
     }
 
-    fn registration_response(&mut self, now: Instant, resp: &crate::sip::message::Response) {
-        for r in &mut self.registrations {
+    /// UDP from the SIP socket, or TCP over the registration's own connection
+    /// (opened, or reopened, on demand).
+    async fn send_registration(&mut self, i: usize, bytes: Vec<u8>) {
+        let Some(r) = self.registrations.get(i) else { return };
+        let target = r.target();
+        if !r.tcp() {
+            let _ = self.udp.send_to(&bytes, target).await;
+            return;
+        }
+        let bytes = Bytes::from(bytes);
+        if let Some(writer) = self.reg_conns.get(&i).and_then(|id| self.tcp_writers.get(id))
+            && writer.try_send(bytes.clone()).is_ok()
+        {
+            return;
+        }
+        self.reg_conns.remove(&i);
+        transport::connect_outbound(target, i, bytes, self.inbound_tx.clone());
+    }
+
+    async fn registration_response(&mut self, now: Instant, resp: &crate::sip::message::Response) {
+        let mut out = Vec::new();
+        for (i, r) in self.registrations.iter_mut().enumerate() {
             if r.owns(resp) {
                 let before = r.state().clone();
                 if let Some(bytes) = r.handle_response(now, resp) {
-                    let udp = self.udp.clone();
-                    let to = r.target();
-                    tokio::spawn(async move {
-                        let _ = udp.send_to(&bytes, to).await;
-                    });
+                    out.push((i, bytes));
                 }
                 if *r.state() != before {
                     tracing::info!(aor = %r.aor(), state = ?r.state(), status = resp.status, "registration");
                 }
             }
+        }
+        for (i, bytes) in out {
+            self.send_registration(i, bytes).await;
         }
         self.publish_registrations();
     }
@@ -559,14 +593,14 @@ impl SipTask {
     async fn unregister_all(&mut self) {
         let now = Instant::now();
         let mut out = Vec::new();
-        for r in &mut self.registrations {
+        for (i, r) in self.registrations.iter_mut().enumerate() {
             if let Some(bytes) = r.unregister(now) {
                 tracing::info!(aor = %r.aor(), "unregistering (Expires: 0)");
-                out.push((r.target(), bytes));
+                out.push((i, bytes));
             }
         }
-        for (to, bytes) in out {
-            let _ = self.udp.send_to(&bytes, to).await;
+        for (i, bytes) in out {
+            self.send_registration(i, bytes).await;
         }
     }
 
@@ -585,7 +619,7 @@ impl SipTask {
     }
 
     /// Every SIP message passes the guard (allowlist, per-source rates) first.
-    fn inbound_message(&mut self, flow: Flow, data: &[u8]) {
+    async fn inbound_message(&mut self, flow: Flow, data: &[u8]) {
         let now = Instant::now();
         let (verdict, log) = self.guard.check(now, flow.remote.ip(), data);
         match verdict {
@@ -595,7 +629,7 @@ impl SipTask {
                     .and_then(crate::sip::message::Response::validate)
                     .filter(|r| r.cseq.method == "REGISTER");
                 match response {
-                    Some(r) => self.registration_response(now, &r),
+                    Some(r) => self.registration_response(now, &r).await,
                     None => self.endpoint.handle_datagram(now, flow, data),
                 }
             }

@@ -113,3 +113,60 @@ async fn registers_with_digest_refreshes_and_unregisters_at_shutdown() {
     assert_eq!(header(&last, "Expires").as_deref(), Some("0"), "{last}");
     registrar.send_to(reply(&last, "200 OK", "").as_bytes(), from).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_over_tcp_on_a_connection_it_opens() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let daemon = common::start_daemon(|r| {
+        r.sip.registrations = vec![RegistrationSection {
+            registrar: format!("sip:127.0.0.1:{port};transport=tcp"),
+            aor: "sip:2000@example.com".into(),
+            username: "2000".into(),
+            password: "pw-2000".into(),
+            expires: 60,
+            transport: "tcp".into(),
+            ..RegistrationSection::default()
+        }];
+    })
+    .await;
+    let (mut conn, _) = tokio::time::timeout(SEC * 5, listener.accept())
+        .await
+        .expect("precall connects")
+        .unwrap();
+    let mut pending = Vec::new();
+    let mut next = async |conn: &mut tokio::net::TcpStream| loop {
+        if let Ok(Some(len)) = precall::sip::message::frame_len(&pending) {
+            let text = String::from_utf8_lossy(&pending[..len]).into_owned();
+            pending.drain(..len);
+            return text;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(SEC * 5, conn.read(&mut buf))
+            .await
+            .expect("a REGISTER")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        pending.extend_from_slice(&buf[..n]);
+    };
+    let first = next(&mut conn).await;
+    assert!(header(&first, "Via").unwrap().starts_with("SIP/2.0/TCP "), "{first}");
+    assert!(header(&first, "Contact").unwrap().contains("transport=tcp"), "{first}");
+    let challenge = "WWW-Authenticate: Digest realm=\"example.com\", nonce=\"tcp1\", algorithm=MD5\r\n";
+    conn.write_all(reply(&first, "401 Unauthorized", challenge).as_bytes())
+        .await
+        .unwrap();
+    let second = next(&mut conn).await;
+    let auth = header(&second, "Authorization").expect("Authorization");
+    assert!(auth.contains("username=\"2000\""), "{auth}");
+    conn.write_all(reply(&second, "200 OK", "Expires: 60\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(daemon.stats.registrations.lock().unwrap()[0].1.is_registered());
+    daemon.handle.shutdown();
+    let last = next(&mut conn).await;
+    assert_eq!(header(&last, "Expires").as_deref(), Some("0"), "unREGISTER on the same connection");
+    conn.write_all(reply(&last, "200 OK", "").as_bytes()).await.unwrap();
+}

@@ -27,6 +27,8 @@ pub struct RegistrationConfig {
     pub username: String,
     pub password: String,
     pub expires: u32,
+    /// REGISTER over TCP (a connection precall opens) instead of UDP.
+    pub tcp: bool,
 }
 
 /// Where a registration stands (for logs, `/health` and metrics).
@@ -237,7 +239,8 @@ impl Registration {
         let branch = format!("z9hG4bK{}", random_token(16));
         let contact = self.contact();
         let mut w = MessageWriter::request("REGISTER", &self.cfg.registrar);
-        w.header("Via", format!("SIP/2.0/UDP {};branch={branch};rport", self.local));
+        let token = if self.cfg.tcp { "TCP" } else { "UDP" };
+        w.header("Via", format!("SIP/2.0/{token} {};branch={branch};rport", self.local));
         w.header("Max-Forwards", 70);
         w.header("From", format!("<{}>;tag={}", self.cfg.aor, self.from_tag));
         w.header("To", format!("<{}>", self.cfg.aor));
@@ -261,7 +264,9 @@ impl Registration {
         }
         w.header("User-Agent", concat!("precall/", env!("CARGO_PKG_VERSION")));
         let bytes = w.finish(None, &[]);
-        self.in_flight = Some((branch, bytes.clone(), now + T1, T1, now + 64 * T1));
+        // Over TCP nothing is retransmitted (§17.1.1.2): only the 64·T1 deadline applies.
+        let first_retransmit = if self.cfg.tcp { now + 64 * T1 } else { now + T1 };
+        self.in_flight = Some((branch, bytes.clone(), first_retransmit, T1, now + 64 * T1));
         bytes
     }
 
@@ -273,7 +278,13 @@ impl Registration {
             .and_then(|r| r.split('@').next())
             .filter(|u| !u.is_empty())
             .unwrap_or("precall");
-        format!("sip:{user}@{}", self.local)
+        let transport = if self.cfg.tcp { ";transport=tcp" } else { "" };
+        format!("sip:{user}@{}{transport}", self.local)
+    }
+
+    /// REGISTERs go over TCP.
+    pub fn tcp(&self) -> bool {
+        self.cfg.tcp
     }
 }
 
@@ -301,6 +312,7 @@ mod tests {
             username: "1000".into(),
             password: "secret".into(),
             expires: 600,
+            tcp: false,
         }
     }
 

@@ -19,9 +19,73 @@ use super::{Flow, Transport};
 /// What the transport hands the SIP task.
 #[derive(Debug)]
 pub enum Inbound {
-    Message { flow: Flow, data: Bytes },
-    TcpOpened { id: u64, writer: mpsc::Sender<Bytes> },
-    TcpClosed { id: u64 },
+    Message {
+        flow: Flow,
+        data: Bytes,
+    },
+    TcpOpened {
+        id: u64,
+        writer: mpsc::Sender<Bytes>,
+    },
+    TcpClosed {
+        id: u64,
+    },
+    /// An outbound TCP connection we opened for `owner` (a registration) is up.
+    Connected {
+        owner: usize,
+        id: u64,
+    },
+    /// Opening it failed.
+    ConnectFailed {
+        owner: usize,
+        error: String,
+    },
+}
+
+/// Connection ids, shared by accepted and outbound connections.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Opens a TCP connection to `target` for `owner` in the background, sends
+/// `first` on it, and reports it like an accepted one (`TcpOpened`, then
+/// `Connected`, messages, `TcpClosed`), so responses flow back on it.
+pub fn connect_outbound(target: SocketAddr, owner: usize, first: Bytes, inbound: mpsc::Sender<Inbound>) {
+    tokio::spawn(async move {
+        let stream = match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let _ = inbound
+                    .send(Inbound::ConnectFailed {
+                        owner,
+                        error: e.to_string(),
+                    })
+                    .await;
+                return;
+            }
+            Err(_) => {
+                let error = "connect timed out".to_owned();
+                let _ = inbound.send(Inbound::ConnectFailed { owner, error }).await;
+                return;
+            }
+        };
+        let Ok(local) = stream.local_addr() else { return };
+        let _ = stream.set_nodelay(true);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (writer, queue) = mpsc::channel(256);
+        let _ = writer.send(first).await;
+        if inbound.send(Inbound::TcpOpened { id, writer }).await.is_err() {
+            return;
+        }
+        let _ = inbound.send(Inbound::Connected { owner, id }).await;
+        let flow = Flow {
+            transport: Transport::Tcp(id),
+            remote: target,
+            local,
+        };
+        if let Err(e) = connection(stream, flow, inbound.clone(), queue).await {
+            tracing::debug!(peer = %target, error = %e, "outbound TCP connection ended");
+        }
+        let _ = inbound.send(Inbound::TcpClosed { id }).await;
+    });
 }
 
 /// Binds UDP and TCP on `listen`. With port 0 the OS picks a UDP port and TCP
@@ -54,7 +118,6 @@ pub async fn accept_loop(
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let open = Arc::new(AtomicUsize::new(0));
     let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
