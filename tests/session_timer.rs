@@ -108,3 +108,68 @@ async fn an_interval_below_min_se_gets_422() {
     c2.ack("").await;
     assert_eq!(c2.bye().await.status(), Some(200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_update_is_refreshed_by_re_invite() {
+    let daemon = start_daemon(|r| r.sip.session_min_se_seconds = 1).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    let ok = invite_with(
+        &mut c,
+        "Supported: timer\r\nSession-Expires: 2;refresher=uas\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n",
+    )
+    .await;
+    assert_eq!(ok.header("Session-Expires"), Some("2;refresher=uas"));
+    let our_sdp = ok.body().to_owned();
+    c.ack("").await;
+    for n in 0..2 {
+        let reinvite = c
+            .recv_until(SEC * 2, |m| m.method() == Some("INVITE"))
+            .await
+            .unwrap_or_else(|| panic!("re-INVITE refresh {n}"));
+        assert_eq!(reinvite.header("Session-Expires"), Some("2;refresher=uas"));
+        assert_eq!(reinvite.body(), our_sdp, "the refresh re-offers the same session");
+        let cseq = reinvite.header("CSeq").unwrap().to_owned();
+        // Answer 200 with our SDP; precall must ACK it.
+        let mut resp = String::from("SIP/2.0 200 OK\r\n");
+        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            resp.push_str(&format!("{name}: {}\r\n", reinvite.header(name).unwrap()));
+        }
+        let sdp = offer(c.rtp_port(), "0", "sendrecv");
+        resp.push_str(&format!(
+            "Contact: <sip:caller@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            c.local,
+            sdp.len()
+        ));
+        c.send(&resp).await;
+        let ack = c.recv_until(SEC, |m| m.method() == Some("ACK")).await.expect("ACK for the 200");
+        assert_eq!(
+            ack.header("CSeq").map(|v| v.split(' ').next().unwrap_or("").to_owned()),
+            cseq.split(' ').next().map(str::to_owned)
+        );
+    }
+    assert_eq!(c.bye().await.status(), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_refused_with_405_falls_back_to_re_invite() {
+    let daemon = start_daemon(|r| r.sip.session_min_se_seconds = 1).await;
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    let ok = invite_with(&mut c, "Supported: timer\r\nSession-Expires: 2;refresher=uas\r\n").await;
+    assert_eq!(ok.status(), Some(200));
+    c.ack("").await;
+    let update = c
+        .recv_until(SEC * 2, |m| m.method() == Some("UPDATE"))
+        .await
+        .expect("an UPDATE refresh");
+    let mut resp = String::from("SIP/2.0 405 Method Not Allowed\r\n");
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        resp.push_str(&format!("{name}: {}\r\n", update.header(name).unwrap()));
+    }
+    resp.push_str("Allow: INVITE, ACK, BYE\r\nContent-Length: 0\r\n\r\n");
+    c.send(&resp).await;
+    let reinvite = c
+        .recv_until(SEC, |m| m.method() == Some("INVITE"))
+        .await
+        .expect("a re-INVITE at once");
+    assert!(reinvite.body().contains("m=audio"));
+}

@@ -218,6 +218,10 @@ struct Dialog {
     invite_key: String,
     /// The session timer, when the caller asked for one (RFC 4028).
     session: Option<session_timer::SessionTimer>,
+    /// Our current SDP (the last one we sent in a 2xx), for re-INVITE refreshes.
+    local_sdp: Option<Vec<u8>>,
+    /// Refresh with re-INVITE: the caller does not allow UPDATE.
+    refresh_with_invite: bool,
 }
 
 /// The sans-IO UAS. See the module docs.
@@ -472,6 +476,11 @@ impl Endpoint {
             delayed_offer: req.body.is_empty(),
             invite_key: key.clone(),
             session,
+            local_sdp: None,
+            refresh_with_invite: {
+                let allow: Vec<&str> = req.headers.list("Allow").collect();
+                !allow.is_empty() && !allow.iter().any(|m| m.eq_ignore_ascii_case("UPDATE"))
+            },
         };
         self.dialog_index.insert((req.call_id.clone(), local_tag), call);
         // 100 Trying at once (§17.2.1): it stops the caller's INVITE retransmissions.
@@ -518,6 +527,7 @@ impl Endpoint {
         self.accepted.insert(invite_key, call);
         self.outputs.push_back(Output::Transmit(Transmit { flow, data: resp.clone() }));
         if let Some(d) = self.dialogs.get_mut(&call) {
+            d.local_sdp = Some(sdp.to_vec());
             d.invite_tx = None;
             d.state = DialogState::WaitAck;
             d.pending_2xx = Some(resp);
@@ -582,6 +592,9 @@ impl Endpoint {
             ),
         };
         let resp = self.response_tagged(&req, status, &reason, Some(&tag), body, &extra);
+        if let (Ok(sdp), Some(d)) = (&answer, self.dialogs.get_mut(&call)) {
+            d.local_sdp = Some(sdp.clone());
+        }
         if method == "INVITE" && status == 200 {
             let t1 = self.config.timers.t1;
             self.remove_server(tx);
@@ -1037,6 +1050,17 @@ impl Endpoint {
     }
 
     fn send_in_dialog(&mut self, now: Instant, call: CallKey, method: &'static str, extra: &[(&str, String)]) {
+        self.send_in_dialog_body(now, call, method, extra, None);
+    }
+
+    fn send_in_dialog_body(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        method: &'static str,
+        extra: &[(&str, String)],
+        body: Option<(&str, &[u8])>,
+    ) {
         let Timers { t1, .. } = self.config.timers;
         let Some(d) = self.dialogs.get_mut(&call) else { return };
         d.local_cseq += 1;
@@ -1060,7 +1084,10 @@ impl Endpoint {
             w.header(name, value);
         }
         w.header("User-Agent", &self.config.user_agent);
-        let request = w.finish(None, &[]);
+        let request = match body {
+            Some((ct, bytes)) => w.finish(Some(ct), bytes),
+            None => w.finish(None, &[]),
+        };
         let id = self.next_id();
         let reliable = flow.transport.is_reliable();
         let retransmit_at = (!reliable).then_some(now + t1);
@@ -1083,11 +1110,50 @@ impl Endpoint {
         self.schedule(retransmit_at.unwrap_or(now + 64 * t1), TimerId::Client(id));
     }
 
+    /// ACK for a final response to our re-INVITE (not a transaction: sent as is).
+    fn send_ack(&mut self, call: CallKey, cseq: u32, branch: Option<String>) {
+        let Some(d) = self.dialogs.get(&call) else { return };
+        let flow = d.flow;
+        let branch = branch.unwrap_or_else(|| format!("z9hG4bK{}", random_token(16)));
+        let mut w = MessageWriter::request("ACK", &d.remote_target);
+        let via_host = self.config.public_addr.unwrap_or(flow.local);
+        w.header(
+            "Via",
+            format!("SIP/2.0/{} {};branch={branch};rport", flow.transport.via_token(), via_host),
+        );
+        w.header("Max-Forwards", 70);
+        for route in &d.route_set {
+            w.header("Route", route);
+        }
+        w.header("From", &d.local_party);
+        w.header("To", &d.remote_party);
+        w.header("Call-ID", &d.call_id);
+        w.header("CSeq", format!("{cseq} ACK"));
+        let data = w.finish(None, &[]);
+        self.outputs.push_back(Output::Transmit(Transmit { flow, data }));
+    }
+
     fn handle_response(&mut self, now: Instant, resp: Response) {
         let Some(branch) = resp.via.branch() else { return };
         let Some(&id) = self.client_index.get(branch) else { return };
         let t4 = self.config.timers.t4;
         let Some(tx) = self.client.get_mut(&id) else { return };
+        if tx.method == "INVITE" && resp.cseq.method == "INVITE" && resp.status >= 200 {
+            // Our refreshing re-INVITE: every final response is acknowledged,
+            // retransmitted 2xx included (§13.2.2.4); a non-2xx in its transaction.
+            let (call, seq) = (tx.call, resp.cseq.seq);
+            let branch = (resp.status >= 300).then(|| tx.branch.clone());
+            let first = !tx.done;
+            tx.done = true;
+            tx.retransmit_at = None;
+            let k = if tx.flow.transport.is_reliable() { Duration::ZERO } else { t4 };
+            tx.expires_at = now + k.max(Duration::from_secs(32));
+            self.send_ack(call, seq, branch);
+            if first {
+                self.session_refresh_answered(now, call, resp.status);
+            }
+            return;
+        }
         if resp.cseq.method != tx.method || resp.status < 200 || tx.done {
             // A provisional response stops Timer E only on the next final (§17.1.2.2):
             // keep retransmitting at T2 meanwhile, as the RFC allows.
@@ -1121,7 +1187,7 @@ impl Endpoint {
             if !done && method == "REFER" {
                 let progress = ReferProgress::Answered(408);
                 self.outputs.push_back(Output::Event(SipEvent::Refer { call, progress }));
-            } else if !done && method == "UPDATE" {
+            } else if !done && (method == "UPDATE" || method == "INVITE") {
                 self.session_refresh_answered(now, call, 408);
             } else if !done {
                 // Timer F: the far end never answered our BYE; the call is over anyway.

@@ -146,8 +146,7 @@ impl Endpoint {
             return; // re-armed since this timer was set
         }
         if t.we_refresh {
-            let headers = [("Session-Expires", t.header()), ("Supported", "timer".to_owned())];
-            self.send_in_dialog(now, call, "UPDATE", &headers);
+            self.send_refresh(now, call);
             self.session_started(now, call);
         } else {
             tracing::info!(call = %call, "session timer expired: the caller did not refresh");
@@ -156,8 +155,36 @@ impl Endpoint {
         }
     }
 
-    /// The answer to our refreshing UPDATE; 408/481 mean the session is gone (§10).
+    /// A refresh: UPDATE, or a re-INVITE with our current SDP when the caller
+    /// does not allow UPDATE (§7.4).
+    fn send_refresh(&mut self, now: Instant, call: CallKey) {
+        let Some(d) = self.dialogs.get(&call) else { return };
+        let Some(t) = d.session else { return };
+        let headers = [
+            ("Session-Expires", t.header()),
+            ("Supported", "timer".to_owned()),
+            ("Contact", self.contact(d.flow)),
+        ];
+        match d.local_sdp.clone().filter(|_| d.refresh_with_invite) {
+            Some(sdp) => self.send_in_dialog_body(now, call, "INVITE", &headers, Some(("application/sdp", &sdp))),
+            None => self.send_in_dialog(now, call, "UPDATE", &headers[..2]),
+        }
+    }
+
+    /// The answer to our refresh; 408/481 mean the session is gone (§10). A
+    /// caller that refuses UPDATE (405/501) gets re-INVITEs from now on, the
+    /// first one at once.
     pub(crate) fn session_refresh_answered(&mut self, now: Instant, call: CallKey, status: u16) {
+        if status == 405 || status == 501 {
+            if let Some(d) = self.dialogs.get_mut(&call)
+                && !d.refresh_with_invite
+                && d.local_sdp.is_some()
+            {
+                d.refresh_with_invite = true;
+                self.send_refresh(now, call);
+            }
+            return;
+        }
         if status == 408 || status == 481 {
             tracing::info!(call = %call, status, "session refresh failed: ending the call");
             self.send_bye(now, call, "session expired");
