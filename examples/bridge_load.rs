@@ -25,6 +25,10 @@ use precall::media::g711;
 use precall::sim::{AgentKnobs, Simulator};
 use tokio::net::UdpSocket;
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{cpu_ticks, pct};
+
 struct Args {
     bin: String,
     calls: usize,
@@ -192,21 +196,6 @@ async fn one_call(n: usize, target: SocketAddr, hold: Duration) -> CallResult {
     r.loud_onsets = rx.await.unwrap_or_default();
     r.ok = got_ok;
     r
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn pct(v: &mut [u64], p: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn spawn_daemon(a: &Args, sim: &Simulator, dir: &std::path::Path) -> Child {

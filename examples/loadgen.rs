@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{cpu_ticks, pct};
+
 struct Args {
     target: SocketAddr,
     calls: usize,
@@ -182,21 +186,6 @@ async fn peek_source(sock: &UdpSocket) -> Option<SocketAddr> {
         .ok()?
         .ok()
         .map(|(_, a)| a)
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn pct(v: &mut [u64], p: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main]

@@ -1066,20 +1066,7 @@ impl Endpoint {
         d.local_cseq += 1;
         let branch = format!("z9hG4bK{}", random_token(16));
         let flow = d.flow;
-        let mut w = MessageWriter::request(method, &d.remote_target);
-        let via_host = self.config.public_addr.unwrap_or(flow.local);
-        w.header(
-            "Via",
-            format!("SIP/2.0/{} {};branch={branch};rport", flow.transport.via_token(), via_host),
-        );
-        w.header("Max-Forwards", 70);
-        for route in &d.route_set {
-            w.header("Route", route);
-        }
-        w.header("From", &d.local_party);
-        w.header("To", &d.remote_party);
-        w.header("Call-ID", &d.call_id);
-        w.header("CSeq", format!("{} {method}", d.local_cseq));
+        let mut w = dialog_request(d, self.config.public_addr, method, &branch, d.local_cseq);
         for (name, value) in extra {
             w.header(name, value);
         }
@@ -1115,21 +1102,7 @@ impl Endpoint {
         let Some(d) = self.dialogs.get(&call) else { return };
         let flow = d.flow;
         let branch = branch.unwrap_or_else(|| format!("z9hG4bK{}", random_token(16)));
-        let mut w = MessageWriter::request("ACK", &d.remote_target);
-        let via_host = self.config.public_addr.unwrap_or(flow.local);
-        w.header(
-            "Via",
-            format!("SIP/2.0/{} {};branch={branch};rport", flow.transport.via_token(), via_host),
-        );
-        w.header("Max-Forwards", 70);
-        for route in &d.route_set {
-            w.header("Route", route);
-        }
-        w.header("From", &d.local_party);
-        w.header("To", &d.remote_party);
-        w.header("Call-ID", &d.call_id);
-        w.header("CSeq", format!("{cseq} ACK"));
-        let data = w.finish(None, &[]);
+        let data = dialog_request(d, self.config.public_addr, "ACK", &branch, cseq).finish(None, &[]);
         self.outputs.push_back(Output::Transmit(Transmit { flow, data }));
     }
 
@@ -1355,6 +1328,27 @@ fn server_key_for(req: &Request, method: &str) -> String {
 }
 
 /// A random token for tags and branches (§19.3: at least 32 bits of randomness).
+/// The start of a request we send inside `d`: request line, Via, route set,
+/// From/To/Call-ID and CSeq (RFC 3261 §12.2.1.1).
+fn dialog_request(d: &Dialog, public_addr: Option<SocketAddr>, method: &str, branch: &str, cseq: u32) -> MessageWriter {
+    let flow = d.flow;
+    let mut w = MessageWriter::request(method, &d.remote_target);
+    let via_host = public_addr.unwrap_or(flow.local);
+    w.header(
+        "Via",
+        format!("SIP/2.0/{} {via_host};branch={branch};rport", flow.transport.via_token()),
+    );
+    w.header("Max-Forwards", 70);
+    for route in &d.route_set {
+        w.header("Route", route);
+    }
+    w.header("From", &d.local_party);
+    w.header("To", &d.remote_party);
+    w.header("Call-ID", &d.call_id);
+    w.header("CSeq", format!("{cseq} {method}"));
+    w
+}
+
 pub fn random_token(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
