@@ -55,6 +55,10 @@ pub struct SipSection {
     pub answer_delay_ms: u64,
     /// Largest concurrent TCP connections accepted.
     pub max_tcp_connections: usize,
+    /// A SIP message on TCP must be complete this many seconds after its first byte.
+    pub tcp_message_timeout_seconds: u64,
+    /// A TCP connection that delivers no message (or keepalive) for this long is closed.
+    pub tcp_idle_timeout_seconds: u64,
     /// Comma-separated CIDRs or addresses (trunks, PBXs) allowed to send SIP;
     /// empty = anyone.
     pub allow_cidrs: String,
@@ -133,6 +137,8 @@ impl Default for SipSection {
             user_agent: format!("precall/{}", env!("CARGO_PKG_VERSION")),
             answer_delay_ms: 0,
             max_tcp_connections: 1024,
+            tcp_message_timeout_seconds: 30,
+            tcp_idle_timeout_seconds: 300,
             allow_cidrs: String::new(),
             drop_unknown: false,
             invite_rate: 20.0,
@@ -156,6 +162,9 @@ pub struct RtpSection {
     pub port_max: u16,
     /// Seconds without caller RTP before the call is ended (`rtp_timeout`).
     pub timeout_seconds: u64,
+    /// Accept RTP only from the address the SDP names (no symmetric-RTP
+    /// learning): for trunks and SBCs whose SDP is always right.
+    pub strict_source: bool,
 }
 
 impl Default for RtpSection {
@@ -164,6 +173,7 @@ impl Default for RtpSection {
             port_min: 10000,
             port_max: 20000,
             timeout_seconds: 60,
+            strict_source: false,
         }
     }
 }
@@ -586,6 +596,12 @@ impl Settings {
         }
         if raw.sip.max_tcp_connections == 0 {
             return Err(invalid("sip.max_tcp_connections", "must be at least 1"));
+        }
+        if !(1..=3600).contains(&raw.sip.tcp_message_timeout_seconds) || !(1..=86_400).contains(&raw.sip.tcp_idle_timeout_seconds) {
+            return Err(invalid(
+                "sip.tcp_message_timeout_seconds/tcp_idle_timeout_seconds",
+                "must be 1-3600 and 1-86400 seconds",
+            ));
         }
         let log_format = match raw.log.format.as_str() {
             "text" => LogFormat::Text,

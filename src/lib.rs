@@ -10,6 +10,7 @@ pub mod caller_id;
 pub mod callers;
 pub mod clone;
 pub mod config;
+pub mod deadline;
 pub mod elevenlabs;
 pub mod http;
 pub mod media;

@@ -328,8 +328,20 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         precall::systemd::ready(&format!("listening on {}", handle.sip_addr));
         precall::systemd::spawn_status_and_watchdog(handle.stats.clone());
-        while let Signal::Reload = next_signal().await {
-            reload(&config_file, &handle, &log_reload);
+        loop {
+            tokio::select! {
+                signal = next_signal() => match signal {
+                    Signal::Reload => reload(&config_file, &handle, &log_reload),
+                    Signal::Stop => break,
+                },
+                why = handle.failed() => {
+                    // No SIP means no calls: exit non-zero so systemd restarts us,
+                    // after saving what the records queue holds.
+                    precall::systemd::status(&format!("SIP task died: {why}"));
+                    records.shutdown(Duration::from_secs(5)).await;
+                    anyhow::bail!("the SIP task died ({why}); exiting so that the service manager restarts precall");
+                }
+            }
         }
         tracing::info!("shutdown requested");
         precall::systemd::stopping("draining calls");

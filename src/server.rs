@@ -76,8 +76,46 @@ pub struct Stats {
     /// Bumped by every turn of the SIP task's loop (at least once a second): the
     /// systemd watchdog pings only while it moves.
     pub heartbeat: AtomicU64,
+    /// When the SIP task last turned, in milliseconds since [`Stats::epoch`].
+    pub heartbeat_at_ms: AtomicU64,
+    /// False once the SIP task has ended for any reason (a panic included).
+    pub sip_alive: AtomicBool,
+    /// The reference for `heartbeat_at_ms`.
+    pub epoch: std::sync::OnceLock<Instant>,
     /// Trunk registrations: (address of record, state), updated on changes.
     pub registrations: std::sync::Mutex<Vec<(String, RegState)>>,
+}
+
+impl Stats {
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    fn beat(&self, now: Instant) {
+        self.heartbeat.fetch_add(1, Ordering::Relaxed);
+        let ms = now.saturating_duration_since(self.epoch()).as_millis() as u64;
+        self.heartbeat_at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the SIP task is alive and turned within `within`: what `/health`
+    /// and the systemd watchdog report, so a dead or stuck SIP task is seen.
+    pub fn sip_live(&self, within: Duration) -> bool {
+        if !self.sip_alive.load(Ordering::Relaxed) {
+            return false;
+        }
+        let at = Duration::from_millis(self.heartbeat_at_ms.load(Ordering::Relaxed));
+        let age = Instant::now().saturating_duration_since(self.epoch()).saturating_sub(at);
+        age <= within
+    }
+}
+
+/// How the SIP task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipExit {
+    /// Drained and stopped after a shutdown request.
+    Stopped,
+    /// It panicked: the daemon can no longer take calls.
+    Panicked(String),
 }
 
 /// A running daemon.
@@ -87,6 +125,7 @@ pub struct ServerHandle {
     prompts: Arc<RwLock<Prompts>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    exit: watch::Receiver<Option<SipExit>>,
 }
 
 impl ServerHandle {
@@ -105,6 +144,32 @@ impl ServerHandle {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
+
+    /// Resolves when the SIP task has died without being asked to stop: the
+    /// binary then exits non-zero so that systemd restarts the daemon.
+    pub async fn failed(&self) -> String {
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(SipExit::Panicked(why)) = exit.borrow_and_update().clone() {
+                return why;
+            }
+            if exit.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// The message a panic carried.
+pub(crate) fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned()),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Binds the SIP sockets and starts the daemon.
@@ -120,12 +185,12 @@ pub async fn start(
     let sip_addr = udp.local_addr().map_err(|error| ServerError::Bind { addr, error })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
-    tokio::spawn(transport::accept_loop(
-        tcp,
-        inbound_tx.clone(),
-        settings.raw.sip.max_tcp_connections,
-        shutdown_rx.clone(),
-    ));
+    let tcp_limits = transport::TcpLimits {
+        max_connections: settings.raw.sip.max_tcp_connections,
+        message_timeout: Duration::from_secs(settings.raw.sip.tcp_message_timeout_seconds),
+        idle_timeout: Duration::from_secs(settings.raw.sip.tcp_idle_timeout_seconds),
+    };
+    tokio::spawn(transport::accept_loop(tcp, inbound_tx.clone(), tcp_limits, shutdown_rx.clone()));
     let stats = Arc::new(Stats::default());
     let endpoint = Endpoint::new(EndpointConfig {
         user_agent: settings.raw.sip.user_agent.clone(),
@@ -205,7 +270,24 @@ pub async fn start(
         agent,
         settings,
     };
-    let task = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
+    stats.sip_alive.store(true, Ordering::Relaxed);
+    stats.beat(Instant::now());
+    let sip = tokio::spawn(task.run(inbound_rx, cmd_rx, shutdown_rx));
+    let (exit_tx, exit) = watch::channel(None);
+    let supervised = stats.clone();
+    let task = tokio::spawn(async move {
+        let exit = match sip.await {
+            Ok(()) => SipExit::Stopped,
+            Err(e) => {
+                let why = panic_message(e);
+                tracing::error!(panic = %why, "the SIP task died: the daemon cannot take calls any more");
+                metrics::counter!("precall_task_panics_total", "task" => "sip").increment(1);
+                SipExit::Panicked(why)
+            }
+        };
+        supervised.sip_alive.store(false, Ordering::Relaxed);
+        let _ = exit_tx.send(Some(exit));
+    });
     tracing::info!(%sip_addr, "listening for SIP on UDP and TCP");
     Ok(ServerHandle {
         sip_addr,
@@ -213,8 +295,13 @@ pub async fn start(
         prompts,
         shutdown,
         task,
+        exit,
     })
 }
+
+/// The revision of the record written for a call whose task panicked: above
+/// any revision the task itself could have reached, so it is the one kept.
+const CRASH_REVISION: i64 = 1 << 40;
 
 struct CallEntry {
     events: mpsc::Sender<CallEvent>,
@@ -260,7 +347,7 @@ impl SipTask {
         let mut hung_up = false;
         loop {
             let now = Instant::now();
-            self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
+            self.stats.beat(now);
             // Wake at least once a second so the heartbeat shows the task is alive.
             self.registration_ticks(now).await;
             let mut wake = self.endpoint.poll_timeout().unwrap_or(now + far).min(now + Duration::from_secs(1));
@@ -270,7 +357,7 @@ impl SipTask {
                 }
             }
             if let Some(since) = self.draining_since {
-                let drain_end = since + Duration::from_secs(self.settings.raw.limits.drain_seconds);
+                let drain_end = crate::deadline::after(since, Duration::from_secs(self.settings.raw.limits.drain_seconds));
                 if now >= drain_end && !hung_up {
                     hung_up = true;
                     self.hang_up_everyone();
@@ -340,6 +427,12 @@ impl SipTask {
                     && let Some(entry) = self.calls.get(&call)
                 {
                     let _ = entry.events.try_send(CallEvent::Refer(ReferProgress::Answered(481)));
+                }
+            }
+            SipCommand::Crashed { call } => {
+                self.endpoint.hangup(now, call, "error");
+                if self.calls.remove(&call).is_some() {
+                    self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
                 }
             }
             SipCommand::Finished { call } => {
@@ -524,6 +617,7 @@ impl SipTask {
             self_events: events_tx.clone(),
             agent: self.agent.clone(),
             apology: self.prompts.read().unwrap_or_else(|p| p.into_inner()).apology.clone(),
+            strict_rtp_source: self.settings.raw.rtp.strict_source,
         };
         if answer_delay.is_zero() {
             self.endpoint.accept(now, call, body.as_bytes());
@@ -533,7 +627,23 @@ impl SipTask {
         self.calls.insert(call, CallEntry { events: events_tx });
         self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
         self.stats.calls_total.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(task::run(ctx, now));
+        let mut crash_row = ctx.row.clone();
+        let records = self.records.clone();
+        let commands = self.cmd_tx.clone();
+        let running = tokio::spawn(task::run(ctx, now));
+        // A panicking call must not leave its dialog up or its slot taken: the
+        // SIP task hangs up and forgets it, and the record says `error`.
+        tokio::spawn(async move {
+            let Err(e) = running.await else { return };
+            let why = panic_message(e);
+            tracing::error!(%call, panic = %why, "a call task panicked; hanging up");
+            metrics::counter!("precall_task_panics_total", "task" => "call").increment(1);
+            crash_row.revision = CRASH_REVISION;
+            crash_row.ended_at = Some(now_ms());
+            crash_row.end_reason = Some("error".into());
+            records.submit(Record::Call(Box::new(crash_row)));
+            let _ = commands.send(SipCommand::Crashed { call }).await;
+        });
     }
 
     /// Our address as the peer sees it: the listen address, or (listening on

@@ -74,7 +74,7 @@ pub fn spawn_status_and_watchdog(stats: Arc<Stats>) {
             tick.tick().await;
             let beat = stats.heartbeat.load(Ordering::Relaxed);
             if watchdog.is_some() {
-                if beat != last_beat {
+                if beat != last_beat && stats.sip_alive.load(Ordering::Relaxed) {
                     send(&[NotifyState::Watchdog]);
                 } else {
                     tracing::error!("SIP task made no progress for a watchdog period; not pinging systemd");

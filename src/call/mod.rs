@@ -51,6 +51,9 @@ pub enum EndReason {
     Transferred,
     /// The caller stopped refreshing the session timer (RFC 4028).
     SessionExpired,
+    /// A delayed-offer call whose ACK carried no usable SDP answer (RFC 3261
+    /// §13.2.1 requires one): nothing was negotiated, so we hang up.
+    NoSdpAnswer,
     Error(String),
 }
 
@@ -68,6 +71,7 @@ impl EndReason {
             EndReason::AgentError(_) => "agent_error",
             EndReason::Transferred => "transferred",
             EndReason::SessionExpired => "session_expired",
+            EndReason::NoSdpAnswer => "no_sdp_answer",
             EndReason::Error(_) => "error",
         }
     }
@@ -91,6 +95,11 @@ pub enum CallInput {
     Answered,
     /// The ACK arrived (with the answer to our offer, for a delayed offer).
     Confirmed,
+    /// The ACK of a delayed-offer call arrived without a usable answer.
+    ConfirmedWithoutAnswer,
+    /// The SIP task is gone (the daemon is failing): no BYE can be sent, so the
+    /// call ends at once instead of waiting for a dialog that no one drives.
+    SignallingLost,
     Cancelled,
     ByeReceived,
     /// No ACK: the SIP layer already sent BYE.
@@ -184,6 +193,17 @@ impl Call {
                     self.state = CallState::Greeting;
                 }
             }
+            CallInput::ConfirmedWithoutAnswer => {
+                self.confirmed.get_or_insert(now);
+                if self.state == CallState::Answering {
+                    self.state = CallState::Greeting;
+                }
+                self.hangup(EndReason::NoSdpAnswer);
+            }
+            CallInput::SignallingLost => {
+                let reason = self.ending.take().unwrap_or(EndReason::Shutdown);
+                self.end(reason);
+            }
             CallInput::Cancelled => self.end(EndReason::Cancelled),
             CallInput::ByeReceived => {
                 let reason = self.ending.take().unwrap_or(EndReason::CallerBye);
@@ -225,7 +245,7 @@ impl Call {
         if !matches!(self.state, CallState::Answering | CallState::Greeting) {
             return None;
         }
-        let max = self.created + self.limits.max_duration;
+        let max = crate::deadline::after(self.created, self.limits.max_duration);
         let rtp = self.rtp_deadline();
         Some(rtp.map_or(max, |r| r.min(max)))
     }
@@ -235,14 +255,14 @@ impl Call {
             return None;
         }
         let since = self.last_rtp.or(self.media_started)?;
-        Some(since + self.limits.rtp_timeout)
+        Some(crate::deadline::after(since, self.limits.rtp_timeout))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if !matches!(self.state, CallState::Answering | CallState::Greeting) {
             return;
         }
-        if now >= self.created + self.limits.max_duration {
+        if now >= crate::deadline::after(self.created, self.limits.max_duration) {
             self.hangup(EndReason::MaxDuration);
         } else if self.rtp_deadline().is_some_and(|d| now >= d) {
             self.hangup(EndReason::RtpTimeout);
@@ -294,6 +314,29 @@ mod tests {
 
     fn drain(call: &mut Call) -> Vec<CallAction> {
         std::iter::from_fn(|| call.poll_action()).collect()
+    }
+
+    #[test]
+    fn an_ack_without_the_answer_hangs_up_without_media() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::ConfirmedWithoutAnswer);
+        assert_eq!(drain(&mut c), vec![CallAction::Hangup(EndReason::NoSdpAnswer)]);
+        assert_eq!(c.state(), CallState::Ending);
+        c.handle(t0, CallInput::Terminated);
+        assert_eq!(drain(&mut c), vec![CallAction::Ended(EndReason::NoSdpAnswer)]);
+    }
+
+    #[test]
+    fn losing_signalling_ends_the_call_at_once() {
+        let t0 = Instant::now();
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Answered);
+        c.handle(t0, CallInput::Shutdown);
+        drain(&mut c);
+        c.handle(t0, CallInput::SignallingLost);
+        assert_eq!(drain(&mut c), vec![CallAction::Ended(EndReason::Shutdown)]);
+        assert_eq!(c.state(), CallState::Ended);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::agent::{AgentLink, LinkAction};
 use super::{Call, CallAction, CallInput, CallLimits, EndReason};
 use crate::clone::{CloneService, Resolution};
+use crate::deadline::SpinGuard;
 use crate::elevenlabs::agent::ClientMessage;
 use crate::elevenlabs::ws::{self, AgentConfig, AgentEvent, Conversation};
 use crate::media::dtmf::DtmfReceiver;
@@ -49,6 +50,10 @@ pub enum SipCommand {
         target: String,
     },
     Finished {
+        call: CallKey,
+    },
+    /// The call's task panicked: hang up and free its slot.
+    Crashed {
         call: CallKey,
     },
 }
@@ -97,12 +102,16 @@ pub struct CallContext {
     pub agent: Option<AgentConfig>,
     /// Played before hanging up when the agent fails.
     pub apology: Prompt,
+    /// `rtp.strict_source`: accept RTP only from the SDP address.
+    pub strict_rtp_source: bool,
 }
 
 /// The outbound media of a call: the paced sender and where it sends.
 struct MediaOut {
     sender: Option<RtpSender>,
     dest: Option<SocketAddr>,
+    /// Where the SDP says the caller's media is.
+    sdp_remote: Option<SocketAddr>,
     latch: SourceLatch,
     buf: [u8; MAX_PACKET],
     skipped: u64,
@@ -128,7 +137,8 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
     let mut media = MediaOut {
         sender: None,
         dest: ctx.negotiated.map(|n| n.remote),
-        latch: SourceLatch::default(),
+        sdp_remote: ctx.negotiated.map(|n| n.remote),
+        latch: SourceLatch::new(ctx.negotiated.map(|n| n.remote), ctx.strict_rtp_source),
         buf: [0u8; MAX_PACKET],
         skipped: 0,
         ignored: 0,
@@ -152,13 +162,14 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         }
         start_clone(&ctx, &mut media, created);
     } else {
-        answer_at = Some(created + ctx.answer_delay);
+        answer_at = Some(crate::deadline::after(created, ctx.answer_delay));
     }
     ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
 
     let far = Duration::from_secs(86_400);
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
+    let mut spin = SpinGuard::new("call", 64);
     let reason = loop {
         if let Some(reason) = carry_out(&mut ctx, &mut call, &mut media).await {
             break reason;
@@ -173,10 +184,13 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         }
         // Already due (the first frame, right after the answer): no trip through
         // the timer wheel, whose millisecond granularity would delay it.
-        if wake <= now {
+        if wake <= now && !spin.turned() {
             tick(&mut ctx, &mut call, &mut media, &mut answer_at, now).await;
             continue;
         }
+        spin.waited();
+        // Only a forced pause lands here with a past deadline.
+        let wake = if wake <= now { now + Duration::from_millis(1) } else { wake };
         sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
         tokio::select! {
             biased;
@@ -288,13 +302,16 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
             call.handle(now, CallInput::Answered);
         }
     }
-    if let (Some(s), Some(n), false) = (media.sender.as_mut(), ctx.negotiated, media.stopped) {
+    // Whenever the clock runs it advances, negotiated or not: a deadline that
+    // stays in the past would turn the call loop without ever waiting.
+    if let (Some(s), false) = (media.sender.as_mut(), media.stopped) {
         let (due, skipped) = s.due(now);
         media.skipped += skipped;
         for _ in 0..skipped {
             ctx.player.skip();
         }
-        let sending = call.sending() && n.direction.sends();
+        let codec = ctx.negotiated.map(|n| n.codec);
+        let sending = call.sending() && ctx.negotiated.is_some_and(|n| n.direction.sends());
         let mut end = None;
         for _ in 0..due {
             if let Some(link) = media.agent.as_mut() {
@@ -307,7 +324,7 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
                         end = end.or(ends);
                         payload
                     }
-                    None => ctx.player.next_frame(n.codec),
+                    None => ctx.player.next_frame(codec.unwrap_or(crate::media::g711::G711::Ulaw)),
                 };
                 let payload = match media.wire.as_mut() {
                     Some(w) => w.outbound(frame),
@@ -353,7 +370,7 @@ fn inbound_rtp(
     let payload_ok = ctx
         .negotiated
         .is_some_and(|n| header.payload_type == n.payload_type || Some(header.payload_type) == n.telephone_event);
-    match media.latch.on_packet(now, from, &header, payload_ok) {
+    match media.latch.on_packet(from, &header, payload_ok) {
         Latch::Accept { send_to } => {
             // Symmetric RTP (comedia): answer where the caller's media comes from.
             if media.dest != Some(send_to) {
@@ -388,19 +405,25 @@ fn inbound_rtp(
 async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev: Option<CallEvent>, now: Instant) {
     match ev {
         // The SIP task is gone: the daemon is stopping.
-        None => call.handle(now, CallInput::Shutdown),
+        None => call.handle(now, CallInput::SignallingLost),
+        // A delayed offer (we offered in the 200) needs the answer in the ACK.
+        Some(CallEvent::Input(CallInput::Confirmed)) if ctx.negotiated.is_none() => {
+            tracing::info!(call = %ctx.key, "ACK carried no SDP answer to our offer; ending the call");
+            call.handle(now, CallInput::ConfirmedWithoutAnswer);
+        }
         Some(CallEvent::Input(input)) => call.handle(now, input),
         Some(CallEvent::AckBody(body)) => match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
             Ok(n) => {
                 ctx.negotiated = Some(n);
                 media.dest = Some(n.remote);
+                media.sdp_remote = Some(n.remote);
+                media.latch.reset(n.remote);
                 call.handle(now, CallInput::Confirmed);
                 set_direction(call, now, n.direction);
             }
             Err(e) => {
                 tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer; ending the call");
-                call.handle(now, CallInput::Confirmed);
-                call.handle(now, CallInput::Shutdown);
+                call.handle(now, CallInput::ConfirmedWithoutAnswer);
             }
         },
         Some(CallEvent::CloneResolved(r)) => {
@@ -417,9 +440,12 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
         Some(CallEvent::Reoffer(body)) => {
             let answer = reoffer(ctx, &body);
             if let Ok((n, _)) = &answer {
-                if media.latch.latched().is_none() || media.dest.map(|d| d.ip()) != Some(n.remote.ip()) {
+                // Learning reopens only when the SDP moves the media: a session
+                // refresh with the same address gives no one a window to hijack.
+                if media.sdp_remote != Some(n.remote) {
+                    media.sdp_remote = Some(n.remote);
                     media.dest = Some(n.remote);
-                    media.latch.reset();
+                    media.latch.reset(n.remote);
                 }
                 if let Some(s) = media.sender.as_mut() {
                     s.set_payload_type(n.payload_type);

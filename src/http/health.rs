@@ -1,25 +1,77 @@
 //! `GET /health` (for load balancers and monitoring) and `GET /metrics`
 //! (Prometheus text format).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tokio::sync::watch;
 
 use super::AppState;
 
-/// 200 when the database and the agent backend answer and the daemon takes
-/// calls; 503 otherwise, with the reason in the body.
+/// What the background probe last saw. `/health` only reads it: a request costs
+/// no IO, so a burst of health checks cannot become a burst of database pings or
+/// of connections to the agent host.
+#[derive(Debug, Default)]
+pub struct Probe {
+    database: AtomicBool,
+    /// 0 unknown (no agent configured), 1 reachable, 2 unreachable.
+    agent: AtomicU8,
+    /// Probes completed, so a caller can wait for the first one.
+    rounds: AtomicU64,
+}
+
+/// How often the probe runs; `/health` is at most this stale.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// The SIP task must have turned within this long for `/health` to say ok.
+pub const SIP_STALL: Duration = Duration::from_secs(5);
+
+impl Probe {
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the probe every [`PROBE_INTERVAL`] until `shutdown` turns true.
+pub fn spawn_probe(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PROBE_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let ctx = &state.ctx;
+            let database = matches!(tokio::time::timeout(Duration::from_secs(2), ctx.store.ping()).await, Ok(Ok(())));
+            let agent = match &ctx.agent {
+                None => 0,
+                Some(a) if reachable(&a.ws_base).await => 1,
+                Some(_) => 2,
+            };
+            state.probe.database.store(database, Ordering::Relaxed);
+            state.probe.agent.store(agent, Ordering::Relaxed);
+            state.probe.rounds.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// 200 when the SIP task is alive and turning, the database and the agent
+/// backend answered the last probe and the daemon takes calls; 503 otherwise,
+/// with the reason in the body.
 pub async fn health(State(state): State<AppState>) -> Response {
     let ctx = &state.ctx;
-    let database = matches!(tokio::time::timeout(Duration::from_secs(2), ctx.store.ping()).await, Ok(Ok(())));
-    let agent = match &ctx.agent {
-        None => None,
-        Some(a) => Some(reachable(&a.ws_base).await),
+    let probed = state.probe.rounds() > 0;
+    let database = state.probe.database.load(Ordering::Relaxed);
+    let agent = match (&ctx.agent, state.probe.agent.load(Ordering::Relaxed)) {
+        (None, _) => None,
+        (Some(_), 1) => Some(true),
+        (Some(_), _) => Some(false),
     };
+    let sip = ctx.stats.sip_live(SIP_STALL);
     let draining = ctx.stats.draining.load(Ordering::Relaxed);
     let live = ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio_live.load(Ordering::Relaxed);
     let registrations: Vec<serde_json::Value> = ctx
@@ -30,9 +82,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
         .iter()
         .map(|(aor, state)| json!({"aor": aor, "registered": state.is_registered(), "state": format!("{state:?}")}))
         .collect();
-    let ok = database && agent != Some(false) && !draining;
-    let status = if draining {
+    let ok = sip && probed && database && agent != Some(false) && !draining;
+    let status = if !sip {
+        "down"
+    } else if draining {
         "draining"
+    } else if !probed {
+        "starting"
     } else if ok {
         "ok"
     } else {
@@ -43,6 +99,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "node": ctx.settings.node_id,
         "live_calls": live,
+        "sip": {"ok": sip},
         "database": {"ok": database, "backend": format!("{:?}", ctx.store.backend()).to_lowercase()},
         "agent": {"configured": ctx.agent.is_some(), "ok": agent, "backend": ctx.agent_backend},
         "registrations": registrations,

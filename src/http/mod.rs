@@ -59,6 +59,8 @@ pub struct Shared {
     /// Twilio calls by precall call id, from the inbound webhook to the stream's end.
     pub(crate) twilio_calls: Mutex<HashMap<String, TwilioCall>>,
     pub(crate) twilio_live: AtomicUsize,
+    /// What `/health` reports, refreshed in the background.
+    pub(crate) probe: health::Probe,
 }
 
 pub type AppState = Arc<Shared>;
@@ -120,7 +122,9 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, mut shutdown: watch::Re
         metrics: metrics_handle(),
         twilio_calls: Mutex::new(HashMap::new()),
         twilio_live: AtomicUsize::new(0),
+        probe: health::Probe::default(),
     });
+    health::spawn_probe(state.clone(), shutdown.clone());
     let guarded = Router::new()
         .route("/webhooks/inbound", post(twilio::webhooks::inbound))
         .route("/webhooks/status-callback", post(twilio::webhooks::status_callback))

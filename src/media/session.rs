@@ -5,7 +5,7 @@
 //! the RTP timestamp and the sequence number advance together for the whole call,
 //! across the greeting, hold music and later the agent's audio.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::rtp::{HEADER_LEN, RtpError, RtpHeader, RtpPacket};
@@ -275,62 +275,116 @@ impl RtpReceiver {
     }
 }
 
-/// Symmetric RTP (RFC 4961, "comedia") without the hijack: the caller's media
-/// address is learned from its packets, but only from a source that sends a
-/// negotiated payload type with consecutive sequence numbers, and a latched source
-/// is replaced only after it has been silent for [`RELATCH_SILENCE`]. Anything else
-/// arriving on the port is ignored (and does not keep the call alive).
+/// Symmetric RTP (RFC 4961, "comedia") without RTP bleed (the class of
+/// Asterisk CVE-2017-14099). The caller's media address is learned from its
+/// packets only while learning is open: from the start of media until a source
+/// is latched, and again when a re-INVITE/UPDATE moves the media. Once latched,
+/// traffic alone never moves it; a silent or muted caller cannot be replaced by
+/// whoever sends next.
+///
+/// - Packets from the exact SDP address are always the caller's, and latch at once.
+/// - When the SDP address is one a NAT hides (private, CGNAT, link-local or
+///   unspecified), the real source cannot be known from the SDP: another source
+///   latches with [`LATCH_STREAK`] packets of a negotiated payload type from one
+///   SSRC with consecutive sequence numbers. A routable or loopback SDP address
+///   is taken at its word, and nothing else is accepted.
+/// - `strict` (`rtp.strict_source`) accepts the SDP address and nothing else.
+///
+/// Anything else arriving on the port is ignored (and does not keep the call alive).
 #[derive(Debug, Clone, Default)]
 pub struct SourceLatch {
+    expected: Option<SocketAddr>,
+    strict: bool,
     latched: Option<SocketAddr>,
-    last_from_latched: Option<Instant>,
+    /// Learning is closed once a source is latched.
+    closed: bool,
     candidate: Option<(SocketAddr, u32, u16)>,
     streak: u8,
 }
 
-/// Packets in a row needed to latch (or to re-latch after silence).
-pub const LATCH_STREAK: u8 = 2;
-/// How long a latched source must be silent before another may take over.
-pub const RELATCH_SILENCE: Duration = Duration::from_secs(2);
+/// Packets in a row needed to latch a source other than the SDP address.
+pub const LATCH_STREAK: u8 = 3;
 
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Latch {
     /// From the caller: count it; send our media to `send_to`.
     Accept { send_to: SocketAddr },
-    /// Not (yet) known to be the caller's media.
+    /// From someone else, or not RTP we negotiated: drop it.
     Ignore,
 }
 
 impl SourceLatch {
+    /// Learning opens with `expected`, the address the SDP names (`None` until a
+    /// delayed offer's answer arrives).
+    pub fn new(expected: Option<SocketAddr>, strict: bool) -> Self {
+        SourceLatch {
+            expected,
+            strict,
+            ..SourceLatch::default()
+        }
+    }
+
     pub fn latched(&self) -> Option<SocketAddr> {
         self.latched
     }
 
-    /// Forgets the learned source (the SDP moved the media elsewhere).
-    pub fn reset(&mut self) {
-        *self = SourceLatch::default();
+    /// The SDP now names `expected` (a delayed offer's answer, or a re-INVITE or
+    /// UPDATE that moved the media): forget the learned source and learn again.
+    pub fn reset(&mut self, expected: SocketAddr) {
+        *self = SourceLatch::new(Some(expected), self.strict);
     }
 
-    pub fn on_packet(&mut self, now: Instant, from: SocketAddr, header: &RtpHeader, payload_ok: bool) -> Latch {
+    pub fn on_packet(&mut self, from: SocketAddr, header: &RtpHeader, payload_ok: bool) -> Latch {
         if self.latched == Some(from) {
-            self.last_from_latched = Some(now);
             return Latch::Accept { send_to: from };
         }
         if !payload_ok {
             return Latch::Ignore;
         }
+        if self.expected == Some(from) {
+            // The negotiated address itself: where we send anyway.
+            return self.latch(from);
+        }
+        if self.strict || self.closed {
+            return Latch::Ignore;
+        }
+        let Some(expected) = self.expected else {
+            return Latch::Ignore;
+        };
+        // A routable (or loopback) SDP address is where the caller's media
+        // comes from: only a NAT hides the real source.
+        if !behind_nat(expected.ip()) {
+            return Latch::Ignore;
+        }
         let continues = matches!(self.candidate, Some((addr, ssrc, seq)) if addr == from && ssrc == header.ssrc && header.sequence == seq.wrapping_add(1));
         self.streak = if continues { self.streak.saturating_add(1) } else { 1 };
         self.candidate = Some((from, header.ssrc, header.sequence));
-        let silent = self.last_from_latched.is_none_or(|t| now.duration_since(t) >= RELATCH_SILENCE);
-        if self.streak >= LATCH_STREAK && silent {
-            self.latched = Some(from);
-            self.last_from_latched = Some(now);
-            self.candidate = None;
-            return Latch::Accept { send_to: from };
+        if self.streak >= LATCH_STREAK {
+            return self.latch(from);
         }
         Latch::Ignore
+    }
+
+    fn latch(&mut self, from: SocketAddr) -> Latch {
+        self.latched = Some(from);
+        self.closed = true;
+        self.candidate = None;
+        Latch::Accept { send_to: from }
+    }
+}
+
+/// Addresses a caller behind NAT puts in its SDP: its packets come from elsewhere.
+fn behind_nat(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || v4.is_link_local() || v4.is_unspecified() || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            let seg = v6.segments()[0];
+            v6.is_unspecified() || (seg & 0xfe00) == 0xfc00 || (seg & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -423,47 +477,67 @@ mod tests {
         assert_eq!(r.last_packet(), Some(now));
     }
 
-    #[test]
-    fn latch_needs_a_consecutive_stream_and_resists_hijack() {
-        let t0 = Instant::now();
-        let caller: SocketAddr = "198.51.100.7:4000".parse().unwrap();
-        let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
-        let h = |seq: u16, ssrc: u32| RtpHeader {
+    fn h(seq: u16, ssrc: u32) -> RtpHeader {
+        RtpHeader {
             marker: false,
             payload_type: 0,
             sequence: seq,
             timestamp: 0,
             ssrc,
-        };
-        let mut l = SourceLatch::default();
-        assert_eq!(l.on_packet(t0, attacker, &h(9, 1), false), Latch::Ignore, "wrong payload type");
-        assert_eq!(
-            l.on_packet(t0, caller, &h(100, 5), true),
-            Latch::Ignore,
-            "one packet is not a stream"
-        );
-        assert_eq!(l.on_packet(t0, attacker, &h(7, 1), true), Latch::Ignore);
-        assert_eq!(
-            l.on_packet(t0, caller, &h(101, 5), true),
-            Latch::Ignore,
-            "interleaving broke the streak"
-        );
-        assert_eq!(l.on_packet(t0, caller, &h(102, 5), true), Latch::Accept { send_to: caller });
-        assert_eq!(l.latched(), Some(caller));
-        // A spoofed stream cannot take over while the caller is talking.
-        for seq in 0..10 {
-            assert_eq!(l.on_packet(t0 + FRAME * seq, attacker, &h(seq as u16, 1), true), Latch::Ignore);
-            assert_eq!(
-                l.on_packet(t0 + FRAME * seq, caller, &h(103 + seq as u16, 5), true),
-                Latch::Accept { send_to: caller }
-            );
         }
-        // After the caller's address changes (NAT rebinding) and the old one falls
-        // silent, the new stream takes over.
+    }
+
+    #[test]
+    fn latch_needs_a_consecutive_stream_and_resists_hijack() {
+        let natted: SocketAddr = "192.168.1.20:4000".parse().unwrap();
+        let caller: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
+        let mut l = SourceLatch::new(Some(natted), false);
+        assert_eq!(l.on_packet(attacker, &h(9, 1), false), Latch::Ignore, "wrong payload type");
+        assert_eq!(l.on_packet(caller, &h(100, 5), true), Latch::Ignore, "one packet is not a stream");
+        assert_eq!(l.on_packet(attacker, &h(7, 1), true), Latch::Ignore);
+        assert_eq!(l.on_packet(caller, &h(101, 5), true), Latch::Ignore, "interleaving broke the streak");
+        assert_eq!(l.on_packet(caller, &h(102, 5), true), Latch::Ignore);
+        assert_eq!(l.on_packet(caller, &h(103, 5), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.latched(), Some(caller));
+        // Nobody takes over, while the caller talks or after it falls silent.
+        for seq in 0..50 {
+            assert_eq!(l.on_packet(attacker, &h(seq, 1), true), Latch::Ignore);
+        }
+        assert_eq!(l.on_packet(caller, &h(104, 5), true), Latch::Accept { send_to: caller });
+        // A re-INVITE that moves the media opens learning again.
         let moved: SocketAddr = "198.51.100.7:4100".parse().unwrap();
-        let later = t0 + Duration::from_secs(3);
-        assert_eq!(l.on_packet(later, moved, &h(200, 5), true), Latch::Ignore);
-        assert_eq!(l.on_packet(later, moved, &h(201, 5), true), Latch::Accept { send_to: moved });
+        l.reset(moved);
+        assert_eq!(l.on_packet(moved, &h(200, 5), true), Latch::Accept { send_to: moved });
+    }
+
+    #[test]
+    fn a_silent_caller_with_a_routable_address_cannot_be_replaced() {
+        let caller: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
+        let mut l = SourceLatch::new(Some(caller), false);
+        for seq in 0..100 {
+            assert_eq!(l.on_packet(attacker, &h(seq, 1), true), Latch::Ignore);
+        }
+        assert_eq!(l.latched(), None);
+        // Not even from the caller's own IP on another port.
+        let other_port: SocketAddr = "198.51.100.7:4002".parse().unwrap();
+        for seq in 0..10 {
+            assert_eq!(l.on_packet(other_port, &h(seq, 9), true), Latch::Ignore);
+        }
+        assert_eq!(l.on_packet(caller, &h(50, 9), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.latched(), Some(caller));
+    }
+
+    #[test]
+    fn strict_source_accepts_only_the_sdp_address() {
+        let caller: SocketAddr = "192.168.1.20:4000".parse().unwrap();
+        let other: SocketAddr = "192.168.1.20:4002".parse().unwrap();
+        let mut l = SourceLatch::new(Some(caller), true);
+        for seq in 0..10 {
+            assert_eq!(l.on_packet(other, &h(seq, 1), true), Latch::Ignore);
+        }
+        assert_eq!(l.on_packet(caller, &h(1, 1), true), Latch::Accept { send_to: caller });
     }
 
     #[test]

@@ -177,38 +177,69 @@ pub fn parse(data: &[u8]) -> Result<RawMessage, ParseError> {
 /// For stream transports: the length of the first complete message in `buf`, or
 /// `Ok(None)` when more bytes are needed. Content-Length is mandatory on streams.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
-    let Some((head_len, body_start)) = header_end(buf) else {
-        if buf.len() > MAX_MESSAGE_LEN {
-            return Err(ParseError::TooLarge(buf.len()));
-        }
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..head_len]).map_err(|_| ParseError::NotUtf8)?;
-    let mut length = None;
-    for line in unfold(head).skip(1) {
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-                let n = value
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| ParseError::header("Content-Length", "not a number".into()))?;
-                length = Some(n);
+    Framer::default().next(buf)
+}
+
+/// Frames messages on a stream, remembering how far it has already searched
+/// for the end of the header section: a 60 KB header that arrives a byte at a
+/// time costs one pass over its bytes, not one pass per byte.
+#[derive(Debug, Default, Clone)]
+pub struct Framer {
+    /// Bytes of the current message already searched without finding the header end.
+    scanned: usize,
+}
+
+impl Framer {
+    /// The length of the first complete message in `buf` (the same buffer, grown
+    /// since the last call, until [`Framer::consume`]).
+    pub fn next(&mut self, buf: &[u8]) -> Result<Option<usize>, ParseError> {
+        let from = self.scanned.min(buf.len());
+        let Some((head_len, body_start)) = header_end_from(buf, from) else {
+            if buf.len() > MAX_MESSAGE_LEN {
+                return Err(ParseError::TooLarge(buf.len()));
+            }
+            // The last two bytes may begin a terminator that is not complete yet.
+            self.scanned = buf.len().saturating_sub(2);
+            return Ok(None);
+        };
+        self.scanned = head_len;
+        let head = std::str::from_utf8(&buf[..head_len]).map_err(|_| ParseError::NotUtf8)?;
+        let mut length = None;
+        for line in unfold(head).skip(1) {
+            if let Some((name, value)) = line.split_once(':') {
+                let name = name.trim();
+                if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+                    let value = value.trim();
+                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(ParseError::header("Content-Length", "not a number".into()));
+                    }
+                    // A number too large for usize is simply too large.
+                    length = Some(value.parse::<usize>().unwrap_or(usize::MAX));
+                }
             }
         }
+        let length = length.ok_or_else(|| ParseError::header("Content-Length", "required on stream transports".into()))?;
+        let total = body_start.saturating_add(length);
+        if total > MAX_MESSAGE_LEN {
+            return Err(ParseError::TooLarge(total));
+        }
+        Ok((buf.len() >= total).then_some(total))
     }
-    let length = length.ok_or_else(|| ParseError::header("Content-Length", "required on stream transports".into()))?;
-    let total = body_start + length;
-    if total > MAX_MESSAGE_LEN {
-        return Err(ParseError::TooLarge(total));
+
+    /// The message returned by [`Framer::next`] was taken off the buffer.
+    pub fn consume(&mut self) {
+        self.scanned = 0;
     }
-    Ok((buf.len() >= total).then_some(total))
 }
 
 /// Index where the header section ends and where the body starts. Accepts bare LF
 /// line ends, as RFC 3261 §7.5 asks implementations to.
 fn header_end(data: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
+    header_end_from(data, 0)
+}
+
+fn header_end_from(data: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i < data.len() {
         if data[i] == b'\n' {
             if data.get(i + 1) == Some(&b'\n') {

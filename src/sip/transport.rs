@@ -3,17 +3,19 @@
 //! (RFC 3261 §18.3) and handed to the SIP task as whole messages; writes go back
 //! through a per-connection bounded queue.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
-use super::message::{self, MAX_MESSAGE_LEN};
+use super::message::{Framer, MAX_MESSAGE_LEN};
 use super::{Flow, Transport};
 
 /// What the transport hands the SIP task.
@@ -50,7 +52,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// `Connected`, messages, `TcpClosed`), so responses flow back on it.
 pub fn connect_outbound(target: SocketAddr, owner: usize, first: Bytes, inbound: mpsc::Sender<Inbound>) {
     tokio::spawn(async move {
-        let stream = match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(target)).await {
+        let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let _ = inbound
@@ -81,7 +83,12 @@ pub fn connect_outbound(target: SocketAddr, owner: usize, first: Bytes, inbound:
             remote: target,
             local,
         };
-        if let Err(e) = connection(stream, flow, inbound.clone(), queue).await {
+        let live = Liveness {
+            table: None,
+            close: Arc::new(Notify::new()),
+            limits: TcpLimits::default(),
+        };
+        if let Err(e) = connection(stream, flow, inbound.clone(), queue, live).await {
             tracing::debug!(peer = %target, error = %e, "outbound TCP connection ended");
         }
         let _ = inbound.send(Inbound::TcpClosed { id }).await;
@@ -107,58 +114,164 @@ pub async fn bind(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
 /// Concurrent TCP connections allowed from one address (a PBX needs a few; a
 /// scanner opening hundreds gets refused).
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
-/// A TCP connection with no traffic (not even a CRLF keepalive) for this long is closed.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Limits on accepted TCP connections (`sip.max_tcp_connections`,
+/// `sip.tcp_message_timeout_seconds`, `sip.tcp_idle_timeout_seconds`).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    /// A message must be complete this long after its first byte arrived,
+    /// however slowly the rest trickles in.
+    pub message_timeout: Duration,
+    /// A connection that delivers no complete message (nor a CRLF keepalive)
+    /// for this long is closed. Stray bytes do not count: only whole messages do.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 1024,
+            message_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+/// When the table is full, a connection idle for at least this long may be
+/// closed to make room for a source that holds fewer connections.
+pub const EVICTABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// The open TCP connections, shared by the accept loop and the connection
+/// tasks: per-source counts and when each connection last delivered a message,
+/// so that a full table can make room fairly.
+#[derive(Default)]
+struct ConnTable {
+    conns: HashMap<u64, ConnInfo>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+struct ConnInfo {
+    ip: IpAddr,
+    last_message: Instant,
+    close: Arc<Notify>,
+}
+
+/// Why a new connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    PerSource,
+    Full,
+}
+
+impl ConnTable {
+    /// Admits a connection from `ip`, closing the stalest connection of the
+    /// source that holds the most when the table is full: a handful of
+    /// addresses holding connections open cannot lock everyone else out.
+    fn admit(&mut self, id: u64, ip: IpAddr, now: Instant, max: usize) -> Result<Arc<Notify>, Refused> {
+        let mine = self.per_source.get(&ip).copied().unwrap_or(0);
+        if mine >= MAX_CONNECTIONS_PER_SOURCE {
+            return Err(Refused::PerSource);
+        }
+        if self.conns.len() >= max {
+            let (&hog, &most) = self.per_source.iter().max_by_key(|(_, n)| **n).ok_or(Refused::Full)?;
+            if most <= mine + 1 {
+                return Err(Refused::Full);
+            }
+            let victim = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.ip == hog && now.saturating_duration_since(c.last_message) >= EVICTABLE_AFTER)
+                .min_by_key(|(_, c)| c.last_message)
+                .map(|(id, _)| *id)
+                .ok_or(Refused::Full)?;
+            if let Some(c) = self.remove(victim) {
+                tracing::info!(peer = %c.ip, "closing an idle TCP connection to make room for another source");
+                c.close.notify_one();
+            }
+        }
+        let close = Arc::new(Notify::new());
+        *self.per_source.entry(ip).or_default() += 1;
+        self.conns.insert(
+            id,
+            ConnInfo {
+                ip,
+                last_message: now,
+                close: close.clone(),
+            },
+        );
+        Ok(close)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<ConnInfo> {
+        let c = self.conns.remove(&id)?;
+        if let Some(n) = self.per_source.get_mut(&c.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&c.ip);
+            }
+        }
+        Some(c)
+    }
+
+    fn touched(&mut self, id: u64, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.last_message = now;
+        }
+    }
+}
+
+type SharedTable = Arc<Mutex<ConnTable>>;
+
+fn lock(t: &SharedTable) -> std::sync::MutexGuard<'_, ConnTable> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Accepts TCP connections until shutdown, at most `max_connections` at a time
-/// and [`MAX_CONNECTIONS_PER_SOURCE`] from one address.
-pub async fn accept_loop(
-    listener: TcpListener,
-    inbound: mpsc::Sender<Inbound>,
-    max_connections: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+/// and [`MAX_CONNECTIONS_PER_SOURCE`] from one address. A failing `accept`
+/// (out of file descriptors) backs off exponentially up to a second instead of
+/// spinning, and is logged at most once per backoff cycle.
+pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, limits: TcpLimits, mut shutdown: watch::Receiver<bool>) {
+    let table: SharedTable = Arc::default();
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.changed() => return,
         };
         let (stream, remote) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff = Duration::ZERO;
+                pair
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if backoff.is_zero() {
+                    tracing::warn!(error = %e, "TCP accept failed; backing off");
+                    metrics::counter!("precall_sip_tcp_accept_errors_total").increment(1);
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::time::sleep(backoff).await;
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= max_connections {
-            tracing::warn!(peer = %remote, max_connections, "refusing TCP connection: limit reached");
-            continue;
-        }
-        {
-            let mut counts = per_source.lock().unwrap_or_else(|p| p.into_inner());
-            let n = counts.entry(remote.ip()).or_default();
-            if *n >= MAX_CONNECTIONS_PER_SOURCE {
-                tracing::warn!(peer = %remote, "refusing TCP connection: too many from this address");
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let admitted = lock(&table).admit(id, remote.ip(), Instant::now(), limits.max_connections);
+        let close = match admitted {
+            Ok(close) => close,
+            Err(why) => {
+                metrics::counter!("precall_sip_tcp_refused_total").increment(1);
+                tracing::debug!(peer = %remote, ?why, "refusing TCP connection");
                 continue;
             }
-            *n += 1;
-        }
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
+        };
+        let Ok(local) = stream.local_addr() else {
+            lock(&table).remove(id);
+            continue;
         };
         let _ = stream.set_nodelay(true);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (writer, queue) = mpsc::channel(256);
         if inbound.send(Inbound::TcpOpened { id, writer }).await.is_err() {
             return;
         }
-        open.fetch_add(1, Ordering::Relaxed);
-        let open = open.clone();
-        let per_source = per_source.clone();
+        let table = table.clone();
         let inbound = inbound.clone();
         tokio::spawn(async move {
             let flow = Flow {
@@ -166,58 +279,87 @@ pub async fn accept_loop(
                 remote,
                 local,
             };
-            if let Err(e) = connection(stream, flow, inbound.clone(), queue).await {
+            let watch = Liveness {
+                table: Some((table.clone(), id)),
+                close,
+                limits,
+            };
+            if let Err(e) = connection(stream, flow, inbound.clone(), queue, watch).await {
                 tracing::debug!(peer = %remote, error = %e, "TCP connection ended");
             }
-            open.fetch_sub(1, Ordering::Relaxed);
-            {
-                let mut counts = per_source.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(n) = counts.get_mut(&remote.ip()) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&remote.ip());
-                    }
-                }
-            }
+            lock(&table).remove(id);
             let _ = inbound.send(Inbound::TcpClosed { id }).await;
         });
     }
 }
 
-async fn connection(stream: TcpStream, flow: Flow, inbound: mpsc::Sender<Inbound>, mut queue: mpsc::Receiver<Bytes>) -> io::Result<()> {
+/// How a connection reports that it delivered a message, and is told to close.
+struct Liveness {
+    table: Option<(SharedTable, u64)>,
+    close: Arc<Notify>,
+    limits: TcpLimits,
+}
+
+async fn connection(
+    stream: TcpStream,
+    flow: Flow,
+    inbound: mpsc::Sender<Inbound>,
+    mut queue: mpsc::Receiver<Bytes>,
+    live: Liveness,
+) -> io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let mut buf = BytesMut::with_capacity(8192);
-    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    let mut framer = Framer::default();
+    let TcpLimits {
+        idle_timeout, message_timeout, ..
+    } = live.limits;
+    let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
+    // Armed by the first byte of a message, disarmed when it is complete.
+    let partial = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(partial);
+    let mut partial_armed = false;
     loop {
         tokio::select! {
             _ = &mut idle => {
                 tracing::debug!(peer = %flow.remote, "closing idle TCP connection");
                 return Ok(());
             }
+            _ = &mut partial, if partial_armed => {
+                tracing::info!(peer = %flow.remote, timeout_s = message_timeout.as_secs(), "closing TCP connection: a message took too long to arrive");
+                metrics::counter!("precall_sip_tcp_slow_messages_total").increment(1);
+                return Ok(());
+            }
+            _ = live.close.notified() => return Ok(()),
             n = reader.read_buf(&mut buf) => {
                 if n? == 0 {
                     return Ok(());
                 }
-                idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                let mut delivered = false;
+                let mut pinged = false;
                 loop {
                     // RFC 5626 §4.4.1 keepalive: a double CRLF ping gets a CRLF pong;
                     // stray CRLFs between messages are skipped (RFC 3261 §7.5).
                     if buf.starts_with(b"\r\n\r\n") {
                         buf.advance(4);
+                        framer.consume();
                         writer.write_all(b"\r\n").await?;
+                        pinged = true;
                         continue;
                     }
                     let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
                     if skip > 0 && skip < buf.len() {
                         buf.advance(skip);
+                        framer.consume();
                     }
                     if buf.iter().all(|b| *b == b'\r' || *b == b'\n') {
                         break;
                     }
-                    match message::frame_len(&buf) {
+                    match framer.next(&buf) {
                         Ok(Some(len)) => {
                             let data = buf.split_to(len).freeze();
+                            framer.consume();
+                            delivered = true;
                             if inbound.send(Inbound::Message { flow, data }).await.is_err() {
                                 return Ok(());
                             }
@@ -230,6 +372,22 @@ async fn connection(stream: TcpStream, flow: Flow, inbound: mpsc::Sender<Inbound
                         }
                     }
                 }
+                let now = tokio::time::Instant::now();
+                if delivered || pinged {
+                    idle.as_mut().reset(now + idle_timeout);
+                }
+                // Only real messages make a connection worth keeping when the table is full.
+                if delivered && let Some((table, id)) = &live.table {
+                    lock(table).touched(*id, now.into_std());
+                }
+                let pending = buf.iter().any(|b| *b != b'\r' && *b != b'\n');
+                if !pending {
+                    partial_armed = false;
+                } else if delivered || pinged || !partial_armed {
+                    // A new message began in this read.
+                    partial.as_mut().reset(now + message_timeout);
+                    partial_armed = true;
+                }
                 if buf.capacity() > 2 * MAX_MESSAGE_LEN && buf.is_empty() {
                     buf = BytesMut::with_capacity(8192);
                 }
@@ -239,5 +397,45 @@ async fn connection(stream: TcpStream, flow: Flow, inbound: mpsc::Sender<Inbound
                 None => return Ok(()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    #[test]
+    fn a_full_table_makes_room_from_the_biggest_holder() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::default();
+        for id in 0..4 {
+            t.admit(id, ip(1), t0 + Duration::from_millis(id), 4).expect("room");
+        }
+        // Too fresh to evict.
+        assert_eq!(t.admit(10, ip(2), t0, 4).err(), Some(Refused::Full));
+        let later = t0 + EVICTABLE_AFTER + Duration::from_millis(10);
+        t.touched(0, later);
+        t.touched(2, later);
+        assert!(t.admit(11, ip(2), later, 4).is_ok(), "the hog gives up its stalest connection");
+        assert_eq!(t.conns.len(), 4);
+        assert!(!t.conns.contains_key(&1), "the stalest went first");
+        assert!(t.conns.contains_key(&0), "a connection that delivered a message recently stays");
+        assert_eq!(t.per_source[&ip(1)], 3);
+    }
+
+    #[test]
+    fn per_source_cap_holds() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::default();
+        for id in 0..MAX_CONNECTIONS_PER_SOURCE as u64 {
+            t.admit(id, ip(1), t0, 1000).expect("room");
+        }
+        assert_eq!(t.admit(99, ip(1), t0, 1000).err(), Some(Refused::PerSource));
+        t.remove(3);
+        assert!(t.admit(99, ip(1), t0, 1000).is_ok());
     }
 }

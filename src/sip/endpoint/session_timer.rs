@@ -19,6 +19,11 @@ pub struct SessionTimerConfig {
     pub min_se: Duration,
 }
 
+/// The longest session interval we agree to. RFC 4028 §9 lets the UAS lower the
+/// caller's interval (never below its Min-SE), so a peer's 2^64-1 becomes a day:
+/// deadlines are then always representable, and a lapsed caller is noticed.
+pub const MAX_SESSION_INTERVAL: Duration = Duration::from_secs(86_400);
+
 impl Default for SessionTimerConfig {
     fn default() -> Self {
         SessionTimerConfig {
@@ -48,17 +53,21 @@ impl SessionTimer {
 
     /// Arms the timer from `now` (the 2xx, or a refresh).
     fn arm(&mut self, now: Instant) {
-        self.due = if self.we_refresh {
-            now + self.interval / 2
+        let interval = self.interval.min(MAX_SESSION_INTERVAL);
+        let wait = if self.we_refresh {
+            interval / 2
         } else {
             // §10: the refreshee gives up at the interval minus min(32 s, interval/3).
-            now + self.interval - (self.interval / 3).min(Duration::from_secs(32))
+            interval.saturating_sub((interval / 3).min(Duration::from_secs(32)))
         };
+        self.due = crate::deadline::after(now, wait);
     }
 }
 
-fn delta_seconds(v: &str) -> Option<u64> {
-    v.split(';').next()?.trim().parse().ok()
+/// A delta-seconds value (RFC 3261 §25.1: 1*DIGIT, possibly huge), clamped to
+/// [`MAX_SESSION_INTERVAL`] so that no later arithmetic can overflow.
+fn delta_seconds(v: &str) -> Option<Duration> {
+    crate::deadline::clamp_secs(v.split(';').next()?, MAX_SESSION_INTERVAL)
 }
 
 impl Endpoint {
@@ -71,14 +80,13 @@ impl Endpoint {
         let asked = req.headers.get("Session-Expires").or_else(|| req.headers.get("x"));
         let interval = match asked.and_then(delta_seconds) {
             Some(secs) => {
-                let secs = Duration::from_secs(secs);
                 if secs < cfg.min_se {
                     return Err(Rejection::new(422, "Session Interval Too Small").with_header("Min-SE", cfg.min_se.as_secs().to_string()));
                 }
                 secs
             }
             None if supports => {
-                let their_min = req.headers.get("Min-SE").and_then(delta_seconds).map(Duration::from_secs);
+                let their_min = req.headers.get("Min-SE").and_then(delta_seconds);
                 cfg.default.max(their_min.unwrap_or_default())
             }
             None => return Ok(None),
@@ -128,7 +136,11 @@ impl Endpoint {
 
     /// A refresh from the caller (re-INVITE or UPDATE): the interval may change.
     pub(crate) fn session_refreshed(&mut self, now: Instant, call: CallKey, req: &Request) {
-        let asked = req.headers.get("Session-Expires").and_then(delta_seconds).map(Duration::from_secs);
+        let asked = req
+            .headers
+            .get("Session-Expires")
+            .or_else(|| req.headers.get("x"))
+            .and_then(delta_seconds);
         let min_se = self.config.session.min_se;
         if let Some(t) = self.dialogs.get_mut(&call).and_then(|d| d.session.as_mut())
             && let Some(secs) = asked.filter(|s| *s >= min_se)
