@@ -372,6 +372,18 @@ pub struct HttpSection {
     pub allow_cidrs: String,
     /// Largest request body (post-call audio, sample uploads).
     pub max_body_bytes: usize,
+    /// Concurrent HTTP connections (further capped so that calls keep their
+    /// file descriptors), and per client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A request head must arrive within this; idle keep-alive connections close after it.
+    pub header_timeout_seconds: u64,
+    /// A whole request (body and handler) must finish within this: else 408.
+    pub request_timeout_seconds: u64,
+    /// After 5 s, a request body must keep arriving at least this fast.
+    pub min_body_bytes_per_second: u64,
+    /// Failed admin API keys allowed per client address per minute; beyond: 429.
+    pub admin_auth_failures_per_minute: u32,
 }
 
 impl Default for HttpSection {
@@ -380,6 +392,12 @@ impl Default for HttpSection {
             listen: "0.0.0.0:3006".into(),
             allow_cidrs: String::new(),
             max_body_bytes: 64 << 20,
+            max_connections: 512,
+            max_connections_per_ip: 64,
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 60,
+            min_body_bytes_per_second: 8192,
+            admin_auth_failures_per_minute: 10,
         }
     }
 }
@@ -779,6 +797,21 @@ impl Settings {
         }
         if raw.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        if raw.http.max_connections == 0 || raw.http.max_connections_per_ip == 0 {
+            return Err(invalid("http.max_connections/max_connections_per_ip", "must be at least 1"));
+        }
+        if !(1..=3600).contains(&raw.http.header_timeout_seconds) || !(1..=86_400).contains(&raw.http.request_timeout_seconds) {
+            return Err(invalid(
+                "http.header_timeout_seconds/request_timeout_seconds",
+                "must be 1-3600 and 1-86400 seconds",
+            ));
+        }
+        if raw.http.min_body_bytes_per_second == 0 || raw.http.admin_auth_failures_per_minute == 0 {
+            return Err(invalid(
+                "http.min_body_bytes_per_second/admin_auth_failures_per_minute",
+                "must be at least 1",
+            ));
         }
         Ok(Settings {
             sip_auth,

@@ -12,6 +12,7 @@ pub mod clone;
 pub mod config;
 pub mod deadline;
 pub mod elevenlabs;
+pub mod fdlimit;
 pub mod http;
 pub mod media;
 pub mod server;

@@ -135,9 +135,9 @@ async fn rejections_no_common_codec_no_audio_and_capacity() {
 async fn symmetric_rtp_follows_where_the_callers_media_comes_from() {
     let daemon = start_daemon(|_| {}).await;
     let mut c = Caller::udp(daemon.sip_addr).await;
-    // The SDP names a port nobody reads (a NAT's private view)…
-    let dead = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    c.invite(&offer(dead.local_addr().unwrap().port(), "0", "sendrecv")).await;
+    // The SDP names a private address (a NAT's inside view)…
+    let natted = offer(4000, "0", "sendrecv").replace("c=IN IP4 127.0.0.1", "c=IN IP4 10.255.0.1");
+    c.invite(&natted).await;
     let (_, ok) = c.final_response(SEC).await;
     c.ack("").await;
     // …but the caller's RTP really comes from `c.rtp`.

@@ -1,11 +1,17 @@
 //! The admin API (`/api/v1`): clone cache, statistics, caller mappings. Every
 //! route needs the API key (`api.key`) as `Authorization: Bearer <key>` or
-//! `X-API-Key: <key>`, compared in constant time; without it, 401.
+//! `X-API-Key: <key>`, compared in constant time; without it, 401, and an
+//! address that keeps failing is refused with 429 for a minute.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Multipart, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -14,12 +20,78 @@ use subtle::ConstantTimeEq;
 use super::{AppState, error};
 use crate::callers::{self, CallersError};
 
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the response itself, built once per refused request"
-)]
-fn authorised(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// Failed API keys per client address: past `http.admin_auth_failures_per_minute`
+/// the address gets 429 for the rest of the minute, whatever key it sends, so a
+/// brute force runs at a few guesses a minute instead of thousands a second.
+#[derive(Debug, Default)]
+pub struct AuthLimiter {
+    by_ip: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    window_start: Instant,
+    count: u32,
+    logged: Option<Instant>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most; past it, expired entries are forgotten first.
+const MAX_TRACKED: usize = 10_000;
+
+impl AuthLimiter {
+    fn locked(&self, ip: IpAddr, now: Instant, limit: u32) -> Option<Duration> {
+        let map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let f = map.get(&ip)?;
+        let ends = f.window_start + WINDOW;
+        (f.count >= limit && now < ends).then(|| ends - now)
+    }
+
+    /// Counts a failure; `true` when it should be logged (once per 10 s per address).
+    fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, f| now.saturating_duration_since(f.window_start) < WINDOW);
+            if map.len() >= MAX_TRACKED {
+                map.clear();
+            }
+        }
+        let f = map.entry(ip).or_insert(Failures {
+            window_start: now,
+            count: 0,
+            logged: None,
+        });
+        if now.saturating_duration_since(f.window_start) >= WINDOW {
+            f.window_start = now;
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        let log = f.logged.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(10));
+        if log {
+            f.logged = Some(now);
+        }
+        log
+    }
+}
+
+/// The API key (`api.key`) as `Authorization: Bearer` or `X-API-Key`, compared in
+/// constant time; 401 without it, 429 for an address that keeps guessing.
+pub async fn require_key(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+    let now = Instant::now();
+    let limit = state.ctx.settings.raw.http.admin_auth_failures_per_minute;
+    if let Some(wait) = state.admin_auth.locked(peer.ip(), now, limit) {
+        metrics::counter!("precall_admin_auth_refused_total").increment(1);
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed API keys from this address; try later",
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        return resp;
+    }
     let key = &state.ctx.settings.raw.api.key;
+    let headers = req.headers();
     let given = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -31,7 +103,11 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         })
         .unwrap_or("");
     if !key.is_empty() && bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-        return Ok(());
+        return next.run(req).await;
+    }
+    metrics::counter!("precall_admin_auth_failures_total").increment(1);
+    if state.admin_auth.failed(peer.ip(), now) {
+        tracing::warn!(%peer, path = %req.uri().path(), "admin API: wrong or missing API key (logged once per 10 s per address)");
     }
     let mut resp = error(
         StatusCode::UNAUTHORIZED,
@@ -39,14 +115,11 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     );
     resp.headers_mut()
         .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
-    Err(resp)
+    resp
 }
 
 /// `DELETE /api/v1/cache/{caller_id}`: forget the clone (and delete the voice at ElevenLabs).
-pub async fn invalidate_cache(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>) -> Response {
-    if let Err(r) = authorised(&state, &headers) {
-        return r;
-    }
+pub async fn invalidate_cache(State(state): State<AppState>, Path(caller): Path<String>) -> Response {
     let Some(clone) = &state.ctx.clone else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "voice cloning is not configured");
     };
@@ -64,10 +137,7 @@ pub struct Since {
 }
 
 /// `GET /api/v1/statistics?since=<unix seconds>`.
-pub async fn statistics(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<Since>) -> Response {
-    if let Err(r) = authorised(&state, &headers) {
-        return r;
-    }
+pub async fn statistics(State(state): State<AppState>, Query(q): Query<Since>) -> Response {
     let since_ms = q
         .since
         .map_or_else(|| crate::store::now_ms() - 86_400_000, |s| s.saturating_mul(1000));
@@ -100,10 +170,7 @@ pub async fn statistics(State(state): State<AppState>, headers: HeaderMap, Query
 }
 
 /// `GET /api/v1/callers/{caller_id}`.
-pub async fn get_caller(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>) -> Response {
-    if let Err(r) = authorised(&state, &headers) {
-        return r;
-    }
+pub async fn get_caller(State(state): State<AppState>, Path(caller): Path<String>) -> Response {
     let Some(id) = crate::caller_id::normalize(&caller) else {
         return error(StatusCode::BAD_REQUEST, format!("{caller:?} is not a caller id"));
     };
@@ -125,10 +192,7 @@ pub async fn get_caller(State(state): State<AppState>, headers: HeaderMap, Path(
 
 /// `PUT /api/v1/callers/{caller_id}`: multipart with one or more `file` parts
 /// (audio), optional `name` and `labels` (a JSON object of strings).
-pub async fn put_caller(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>, mut form: Multipart) -> Response {
-    if let Err(r) = authorised(&state, &headers) {
-        return r;
-    }
+pub async fn put_caller(State(state): State<AppState>, Path(caller): Path<String>, mut form: Multipart) -> Response {
     let dir = match tempfile::Builder::new().prefix("upload").tempdir_in(&state.ctx.settings.data_dir) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}")),
@@ -182,10 +246,7 @@ pub async fn put_caller(State(state): State<AppState>, headers: HeaderMap, Path(
 }
 
 /// `DELETE /api/v1/callers/{caller_id}`.
-pub async fn delete_caller(State(state): State<AppState>, headers: HeaderMap, Path(caller): Path<String>) -> Response {
-    if let Err(r) = authorised(&state, &headers) {
-        return r;
-    }
+pub async fn delete_caller(State(state): State<AppState>, Path(caller): Path<String>) -> Response {
     match callers::remove(&state.ctx.store, &caller).await {
         Ok(true) => json_ok(json!({"caller_id": caller, "removed": true})),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no mapping for {caller}")),

@@ -35,28 +35,33 @@ impl Probe {
     }
 }
 
-/// Runs the probe every [`PROBE_INTERVAL`] until `shutdown` turns true.
-pub fn spawn_probe(state: AppState, mut shutdown: watch::Receiver<bool>) {
+/// Probes once (so `/health` is meaningful as soon as the listener is up), then
+/// every [`PROBE_INTERVAL`] until `shutdown` turns true.
+pub async fn start_probe(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    probe_once(&state).await;
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(PROBE_INTERVAL);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = every.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = every.tick() => probe_once(&state).await,
+                _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
             }
-            let ctx = &state.ctx;
-            let database = matches!(tokio::time::timeout(Duration::from_secs(2), ctx.store.ping()).await, Ok(Ok(())));
-            let agent = match &ctx.agent {
-                None => 0,
-                Some(a) if reachable(&a.ws_base).await => 1,
-                Some(_) => 2,
-            };
-            state.probe.database.store(database, Ordering::Relaxed);
-            state.probe.agent.store(agent, Ordering::Relaxed);
-            state.probe.rounds.fetch_add(1, Ordering::Relaxed);
         }
     });
+}
+
+async fn probe_once(state: &AppState) {
+    let ctx = &state.ctx;
+    let database = matches!(tokio::time::timeout(Duration::from_secs(2), ctx.store.ping()).await, Ok(Ok(())));
+    let agent = match &ctx.agent {
+        None => 0,
+        Some(a) if reachable(&a.ws_base).await => 1,
+        Some(_) => 2,
+    };
+    state.probe.database.store(database, Ordering::Relaxed);
+    state.probe.agent.store(agent, Ordering::Relaxed);
+    state.probe.rounds.fetch_add(1, Ordering::Relaxed);
 }
 
 /// 200 when the SIP task is alive and turning, the database and the agent
@@ -83,10 +88,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
         .map(|(aor, state)| json!({"aor": aor, "registered": state.is_registered(), "state": format!("{state:?}")}))
         .collect();
     let ok = sip && probed && database && agent != Some(false) && !draining;
-    let status = if !sip {
-        "down"
-    } else if draining {
+    let status = if draining {
         "draining"
+    } else if !sip {
+        "down"
     } else if !probed {
         "starting"
     } else if ok {

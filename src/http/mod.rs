@@ -9,12 +9,13 @@
 pub mod admin;
 pub mod health;
 pub mod postcall;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -61,6 +62,7 @@ pub struct Shared {
     pub(crate) twilio_live: AtomicUsize,
     /// What `/health` reports, refreshed in the background.
     pub(crate) probe: health::Probe,
+    pub(crate) admin_auth: admin::AuthLimiter,
 }
 
 pub type AppState = Arc<Shared>;
@@ -112,7 +114,7 @@ pub struct HttpHandle {
 }
 
 /// Binds `listen` and serves until `shutdown` turns true.
-pub async fn start(ctx: HttpContext, listen: SocketAddr, mut shutdown: watch::Receiver<bool>) -> std::io::Result<HttpHandle> {
+pub async fn start(ctx: HttpContext, listen: SocketAddr, shutdown: watch::Receiver<bool>) -> std::io::Result<HttpHandle> {
     if ctx.settings.raw.twilio.skip_signature_validation {
         tracing::warn!("SKIP_WEBHOOK_SIGNATURE_VALIDATION is on: Twilio webhooks are NOT authenticated. Never run like this in production");
     }
@@ -123,19 +125,23 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, mut shutdown: watch::Re
         twilio_calls: Mutex::new(HashMap::new()),
         twilio_live: AtomicUsize::new(0),
         probe: health::Probe::default(),
+        admin_auth: admin::AuthLimiter::default(),
     });
-    health::spawn_probe(state.clone(), shutdown.clone());
     let guarded = Router::new()
         .route("/webhooks/inbound", post(twilio::webhooks::inbound))
         .route("/webhooks/status-callback", post(twilio::webhooks::status_callback))
         .route("/twilio/media", get(twilio::stream::upgrade))
         .route("/media/greeting.wav", get(twilio::webhooks::greeting_wav))
         .route("/webhook/elevenlabs/postcall", post(postcall::receive))
-        .route("/api/v1/cache/{caller_id}", delete(admin::invalidate_cache))
-        .route("/api/v1/statistics", get(admin::statistics))
-        .route(
-            "/api/v1/callers/{caller_id}",
-            get(admin::get_caller).put(admin::put_caller).delete(admin::delete_caller),
+        .merge(
+            Router::new()
+                .route("/api/v1/cache/{caller_id}", delete(admin::invalidate_cache))
+                .route("/api/v1/statistics", get(admin::statistics))
+                .route(
+                    "/api/v1/callers/{caller_id}",
+                    get(admin::get_caller).put(admin::put_caller).delete(admin::delete_caller),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), admin::require_key)),
         )
         .layer(middleware::from_fn_with_state(state.clone(), allowlist));
     let app = Router::new()
@@ -144,20 +150,31 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, mut shutdown: watch::Re
         .merge(guarded)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(observe))
-        .with_state(state);
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    });
+    let h = &state.ctx.settings.raw.http;
+    let reserve = crate::fdlimit::reserved(
+        state.ctx.settings.raw.limits.max_calls,
+        state.ctx.settings.raw.sip.max_tcp_connections,
+    );
+    let max_connections = crate::fdlimit::http_budget(h.max_connections, crate::fdlimit::raise(), reserve);
+    if max_connections < h.max_connections {
+        tracing::warn!(
+            configured = h.max_connections,
+            max_connections,
+            "http.max_connections lowered to keep file descriptors for calls; raise LimitNOFILE"
+        );
+    }
+    let limits = serve::ServeLimits {
+        max_connections,
+        max_connections_per_ip: h.max_connections_per_ip,
+        header_timeout: Duration::from_secs(h.header_timeout_seconds),
+        request_timeout: Duration::from_secs(h.request_timeout_seconds),
+        min_body_rate: h.min_body_bytes_per_second,
+    };
+    health::start_probe(state.clone(), shutdown.clone()).await;
+    tokio::spawn(serve::serve(listener, app, limits, shutdown));
     tracing::info!(%addr, "listening for HTTP (Twilio, webhooks, health, metrics, admin API)");
     Ok(HttpHandle { addr })
 }

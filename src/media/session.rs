@@ -283,11 +283,12 @@ impl RtpReceiver {
 /// whoever sends next.
 ///
 /// - Packets from the exact SDP address are always the caller's, and latch at once.
-/// - When the SDP address is one a NAT hides (private, CGNAT, link-local or
-///   unspecified), the real source cannot be known from the SDP: another source
-///   latches with [`LATCH_STREAK`] packets of a negotiated payload type from one
-///   SSRC with consecutive sequence numbers. A routable or loopback SDP address
-///   is taken at its word, and nothing else is accepted.
+/// - Another source latches only with [`LATCH_STREAK`] packets of a negotiated
+///   payload type from one SSRC with consecutive sequence numbers, and only
+///   where a NAT can explain the difference: from any address when the SDP
+///   names one a NAT hides (private, CGNAT, link-local, unspecified); from the
+///   SDP's own IP on another port when it is routable (a NAT that kept the IP
+///   but remapped the port); never when it is loopback (no NAT in between).
 /// - `strict` (`rtp.strict_source`) accepts the SDP address and nothing else.
 ///
 /// Anything else arriving on the port is ignored (and does not keep the call alive).
@@ -352,9 +353,7 @@ impl SourceLatch {
         let Some(expected) = self.expected else {
             return Latch::Ignore;
         };
-        // A routable (or loopback) SDP address is where the caller's media
-        // comes from: only a NAT hides the real source.
-        if !behind_nat(expected.ip()) {
+        if !learnable(expected.ip(), from.ip()) {
             return Latch::Ignore;
         }
         let continues = matches!(self.candidate, Some((addr, ssrc, seq)) if addr == from && ssrc == header.ssrc && header.sequence == seq.wrapping_add(1));
@@ -371,6 +370,17 @@ impl SourceLatch {
         self.closed = true;
         self.candidate = None;
         Latch::Accept { send_to: from }
+    }
+}
+
+/// Whether packets from `from` may be the caller whose SDP names `expected`.
+fn learnable(expected: IpAddr, from: IpAddr) -> bool {
+    if expected.is_loopback() {
+        false
+    } else if behind_nat(expected) {
+        true
+    } else {
+        from == expected
     }
 }
 
@@ -496,7 +506,11 @@ mod tests {
         assert_eq!(l.on_packet(attacker, &h(9, 1), false), Latch::Ignore, "wrong payload type");
         assert_eq!(l.on_packet(caller, &h(100, 5), true), Latch::Ignore, "one packet is not a stream");
         assert_eq!(l.on_packet(attacker, &h(7, 1), true), Latch::Ignore);
-        assert_eq!(l.on_packet(caller, &h(101, 5), true), Latch::Ignore, "interleaving broke the streak");
+        assert_eq!(
+            l.on_packet(caller, &h(101, 5), true),
+            Latch::Ignore,
+            "interleaving broke the streak"
+        );
         assert_eq!(l.on_packet(caller, &h(102, 5), true), Latch::Ignore);
         assert_eq!(l.on_packet(caller, &h(103, 5), true), Latch::Accept { send_to: caller });
         assert_eq!(l.latched(), Some(caller));
@@ -520,13 +534,25 @@ mod tests {
             assert_eq!(l.on_packet(attacker, &h(seq, 1), true), Latch::Ignore);
         }
         assert_eq!(l.latched(), None);
-        // Not even from the caller's own IP on another port.
+        // The caller's own IP from another port (a NAT that remapped the port)
+        // latches with a stream…
         let other_port: SocketAddr = "198.51.100.7:4002".parse().unwrap();
-        for seq in 0..10 {
-            assert_eq!(l.on_packet(other_port, &h(seq, 9), true), Latch::Ignore);
-        }
+        let got: Vec<_> = (0..3).map(|s| l.on_packet(other_port, &h(s, 9), true)).collect();
+        assert_eq!(got[2], Latch::Accept { send_to: other_port });
+        // …and the SDP address itself is still preferred.
         assert_eq!(l.on_packet(caller, &h(50, 9), true), Latch::Accept { send_to: caller });
         assert_eq!(l.latched(), Some(caller));
+    }
+
+    #[test]
+    fn a_loopback_caller_is_only_its_sdp_address() {
+        let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let same_host: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        let mut l = SourceLatch::new(Some(caller), false);
+        for seq in 0..20 {
+            assert_eq!(l.on_packet(same_host, &h(seq, 1), true), Latch::Ignore);
+        }
+        assert_eq!(l.on_packet(caller, &h(1, 2), true), Latch::Accept { send_to: caller });
     }
 
     #[test]

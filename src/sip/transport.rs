@@ -311,7 +311,9 @@ async fn connection(
     let mut buf = BytesMut::with_capacity(8192);
     let mut framer = Framer::default();
     let TcpLimits {
-        idle_timeout, message_timeout, ..
+        idle_timeout,
+        message_timeout,
+        ..
     } = live.limits;
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
