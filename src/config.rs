@@ -225,6 +225,9 @@ pub struct ElevenLabsSection {
     pub agent_max_queue_seconds: u32,
     /// The post-call webhook's HMAC secret (`ElevenLabs-Signature`).
     pub webhook_secret: String,
+    /// A signed webhook's timestamp may differ from our clock by at most this
+    /// (either way); replays within it are refused.
+    pub webhook_tolerance_seconds: u64,
 }
 
 impl Default for ElevenLabsSection {
@@ -246,6 +249,7 @@ impl Default for ElevenLabsSection {
             agent_idle_timeout_seconds: 30,
             agent_max_queue_seconds: 120,
             webhook_secret: String::new(),
+            webhook_tolerance_seconds: 300,
         }
     }
 }
@@ -794,6 +798,9 @@ impl Settings {
                 "sip.invite_rate/invite_burst/request_rate/request_burst",
                 "rates must be above 0 and bursts at least 1",
             ));
+        }
+        if !(10..=3600).contains(&raw.elevenlabs.webhook_tolerance_seconds) {
+            return Err(invalid("elevenlabs.webhook_tolerance_seconds", "must be 10-3600 seconds"));
         }
         if raw.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));

@@ -51,6 +51,10 @@ impl Env {
 }
 
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+async fn env_with(tweak: impl FnOnce(&mut precall::config::RawSettings)) -> Env {
     let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), "k").await.unwrap();
     sim.set_agent_knobs(AgentKnobs {
         first_message_seconds: 1.0,
@@ -67,6 +71,7 @@ async fn env() -> Env {
     raw.elevenlabs.webhook_secret = WEBHOOK_SECRET.into();
     raw.twilio.auth_token = TOKEN.into();
     raw.api.key = API_KEY.into();
+    tweak(&mut raw);
     let settings = precall::config::Settings::compile(raw).unwrap();
     let client = precall::elevenlabs::rest::Client::new(precall::elevenlabs::rest::ClientConfig {
         base_url: sim.base_url(),
@@ -575,4 +580,208 @@ async fn a_signature_made_by_the_official_twilio_sdk_is_accepted() {
     let mut tampered = params.to_vec();
     tampered[1].1 = "+14155550001";
     assert_eq!(send(tampered).await.unwrap().status(), 403, "a tampered request is refused");
+}
+
+/// Reads until the server closes the connection; `None` if it is still open after `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = within.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_capped_and_slow_clients_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let env = env_with(|raw| {
+        raw.http.max_connections_per_ip = 4;
+        raw.http.header_timeout_seconds = 1;
+    })
+    .await;
+    // Four idle connections from one address are allowed; the fifth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(env.http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = TcpStream::connect(env.http).await.unwrap();
+    let _ = fifth.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        closed_within(&mut fifth, SEC).await.is_some(),
+        "the fifth connection from one address is refused"
+    );
+    // The idle four are closed by the header timeout (1 s here)…
+    for s in &mut idle {
+        let t = closed_within(s, 3 * SEC).await.expect("idle connection closed");
+        assert!(t < Duration::from_millis(2500), "closed after {t:?}");
+    }
+    // …and so is a client that sends its head one byte at a time.
+    let mut slow = TcpStream::connect(env.http).await.unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for b in b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".iter() {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > 3 * SEC {
+            break;
+        }
+    }
+    assert!(cut || closed_within(&mut slow, SEC).await.is_some(), "a trickled head is cut off");
+    // A kept-alive connection is closed once idle for the header timeout.
+    let mut ka = TcpStream::connect(env.http).await.unwrap();
+    ka.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let t = closed_within(&mut ka, 4 * SEC).await.expect("idle keep-alive connection closed");
+    assert!(
+        t >= Duration::from_millis(900),
+        "after the response and a second of idleness, got {t:?}"
+    );
+    // Meanwhile health answers.
+    assert_eq!(env.client.get(env.url("/health")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_the_minimum_rate_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let env = env_with(|raw| raw.http.min_body_bytes_per_second = 1000).await;
+    let mut s = tokio::net::TcpStream::connect(env.http).await.unwrap();
+    // A forged signature with a current timestamp gets past the header check,
+    // so the body is read (and must be cut off).
+    let now = precall::store::now_ms() / 1000;
+    let head = format!(
+        "POST /webhook/elevenlabs/postcall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         ElevenLabs-Signature: t={now},v0={}\r\nContent-Length: 1000000\r\n\r\n",
+        "0".repeat(64)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // 100 bytes a second: a tenth of the minimum.
+    let mut answered = None;
+    while started.elapsed() < 12 * SEC {
+        if s.write_all(&[b' '; 100]).await.is_err() {
+            answered = Some(started.elapsed());
+            break;
+        }
+        if let Some(t) = closed_within(&mut s, SEC).await {
+            answered = Some(started.elapsed().max(t));
+            break;
+        }
+    }
+    let t = answered.expect("a trickled body is cut off");
+    assert!(t >= Duration::from_secs(4) && t < Duration::from_secs(9), "cut off after {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_costs_no_io_per_request() {
+    // A fake agent host that counts the TCP connections precall opens to it.
+    let agent_host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_host.local_addr().unwrap();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opened.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = agent_host.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    let env = env_with(move |raw| raw.elevenlabs.ws_url = format!("ws://{agent_addr}")).await;
+    let before = opened.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..100 {
+        let r = env.client.get(env.url("/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let during = opened.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(during <= 1, "100 health checks opened {during} connections to the agent host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_key_is_rate_limited_per_address() {
+    let env = env_with(|raw| raw.http.admin_auth_failures_per_minute = 5).await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let r = env
+            .client
+            .get(env.url("/api/v1/statistics"))
+            .header("X-API-Key", format!("guess-{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 35);
+    // Even the right key waits out the lockout from this address.
+    let r = env
+        .client
+        .get(env.url("/api/v1/statistics"))
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let text = env.client.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("precall_admin_auth_refused_total"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_is_accepted_once_and_unsigned_bytes_leave_nothing() {
+    let env = env().await;
+    let body =
+        json!({"type": "post_call_transcription", "event_timestamp": 1, "data": {"conversation_id": "conv_replay", "transcript": []}})
+            .to_string();
+    let now = precall::store::now_ms() / 1000;
+    let header = precall::elevenlabs::webhook::sign(WEBHOOK_SECRET, now, body.as_bytes());
+    let post = |h: String, b: String| {
+        env.client
+            .post(env.url("/webhook/elevenlabs/postcall"))
+            .header("ElevenLabs-Signature", h)
+            .body(b)
+            .send()
+    };
+    assert_eq!(post(header.clone(), body.clone()).await.unwrap().status(), 200);
+    assert_eq!(
+        post(header.clone(), body.clone()).await.unwrap().status(),
+        409,
+        "a replay is refused"
+    );
+    assert_eq!(post(header.clone(), body.clone()).await.unwrap().status(), 409);
+    // Ten minutes old: outside the five-minute tolerance.
+    let old = precall::elevenlabs::webhook::sign(WEBHOOK_SECRET, now - 600, body.as_bytes());
+    assert_eq!(post(old, body.clone()).await.unwrap().status(), 401);
+    // Two signatures, one of them valid: refused.
+    let (t, v0) = header.split_once(',').unwrap();
+    let two = format!("{t},v0={},{v0}", "0".repeat(64));
+    assert_eq!(post(two, body.clone()).await.unwrap().status(), 401);
+    // A large forged body is refused and leaves no file behind.
+    let forged = format!("t={now},v0={}", "0".repeat(64));
+    let big = "x".repeat(3 << 20);
+    assert_eq!(post(forged, big).await.unwrap().status(), 401);
+    let spool = env.daemon.settings.data_dir.join("webhooks");
+    let leftovers: Vec<_> = walk(&spool);
+    assert!(leftovers.is_empty(), "unsigned bytes left on disk: {leftovers:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+        } else {
+            files.push(p);
+        }
+    }
+    files
 }

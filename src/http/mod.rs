@@ -63,6 +63,8 @@ pub struct Shared {
     /// What `/health` reports, refreshed in the background.
     pub(crate) probe: health::Probe,
     pub(crate) admin_auth: admin::AuthLimiter,
+    /// Unsigned post-call webhook bytes held right now (bounded).
+    pub(crate) webhook_inflight: AtomicUsize,
 }
 
 pub type AppState = Arc<Shared>;
@@ -126,6 +128,7 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, shutdown: watch::Receiv
         twilio_live: AtomicUsize::new(0),
         probe: health::Probe::default(),
         admin_auth: admin::AuthLimiter::default(),
+        webhook_inflight: AtomicUsize::new(0),
     });
     let guarded = Router::new()
         .route("/webhooks/inbound", post(twilio::webhooks::inbound))

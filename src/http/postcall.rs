@@ -1,15 +1,18 @@
 //! `POST /webhook/elevenlabs/postcall`: the ElevenLabs post-call webhook.
 //!
-//! The body is streamed to a file under `data.dir/webhooks/` while its
-//! `ElevenLabs-Signature` is computed (a `post_call_audio` body can be tens of
-//! megabytes), capped at `http.max_body_bytes`. Forged, stale or malformed
-//! signatures get 401 and leave nothing behind. A valid transcription lands on
+//! The body is authenticated while it arrives (a `post_call_audio` body can be
+//! tens of megabytes): up to 1 MiB in memory, the rest in a temporary file under
+//! `data.dir/webhooks/tmp/` that is deleted however the request ends, capped at
+//! `http.max_body_bytes` each and twice that across all unsigned deliveries.
+//! Forged, stale or malformed signatures get 401 and leave nothing behind; a
+//! replay of a delivery already accepted gets 409. A valid transcription lands on
 //! the `call_log` row with that `conversation_id`; every delivery is also kept in
 //! `webhook_events`, so a conversation precall does not know is stored, not
 //! dropped. Audio is decoded to `data.dir/post_call_audio/<conversation>.mp3`.
-//! If the database is down the raw body stays in `data.dir/webhooks/failed/`.
+//! If the database is down the authenticated body is kept in `data.dir/webhooks/failed/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -24,6 +27,10 @@ use super::{AppState, error};
 use crate::elevenlabs::webhook::Verifier;
 use crate::store::PostCallResult;
 
+/// Unsigned bytes kept in memory per delivery; beyond, they go to a temporary
+/// file that is removed whatever happens to the request.
+const IN_MEMORY: usize = 1 << 20;
+
 pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let ctx = &state.ctx;
     let Some(header) = headers.get("elevenlabs-signature").and_then(|v| v.to_str().ok()) else {
@@ -31,77 +38,151 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
         return error(StatusCode::UNAUTHORIZED, "missing ElevenLabs-Signature");
     };
     let now = crate::store::now_ms() / 1000;
-    let mut verifier = match Verifier::new(&ctx.settings.raw.elevenlabs.webhook_secret, header, now) {
+    let tolerance = i64::try_from(ctx.settings.raw.elevenlabs.webhook_tolerance_seconds).unwrap_or(300);
+    let mut verifier = match Verifier::new(&ctx.settings.raw.elevenlabs.webhook_secret, header, now, tolerance) {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "post-call webhook refused");
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
     };
-    let dir = ctx.settings.data_dir.join("webhooks");
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the webhook: {e}"));
-    }
-    let path = dir.join(format!("incoming-{}.json", crate::store::records::new_id()));
-    let result = receive_to(&path, body, &mut verifier, ctx.settings.raw.http.max_body_bytes).await;
-    if let Err(resp) = result {
-        let _ = tokio::fs::remove_file(&path).await;
-        return resp;
-    }
+    let spool = ctx.settings.data_dir.join("webhooks").join("tmp");
+    let received = match receive_unverified(&state, &spool, body, &mut verifier).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
     if let Err(e) = verifier.finish() {
-        let _ = tokio::fs::remove_file(&path).await;
         tracing::warn!(error = %e, "post-call webhook with a bad signature refused");
         return error(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    let resp = match handle(&state, &path).await {
+    // Signed and fresh; now refuse a replay of the very same delivery.
+    match ctx.store.accept_webhook_delivery(header, tolerance.saturating_mul(2000)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("post-call webhook replayed: refused");
+            metrics::counter!("precall_webhook_replays_total").increment(1);
+            return error(StatusCode::CONFLICT, "this delivery was already accepted");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the webhook for a replay (database); accepting it"),
+    }
+    let raw = match received.into_bytes().await {
+        Ok(raw) => raw,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the webhook back: {e}")),
+    };
+    match handle(&state, &raw).await {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err(Kept(why)) => {
-            // Keep the delivery for an operator to replay rather than lose it.
-            let failed = dir.join("failed");
-            let _ = tokio::fs::create_dir_all(&failed).await;
-            let kept = failed.join(path.file_name().unwrap_or_default());
-            let _ = tokio::fs::rename(&path, &kept).await;
-            tracing::error!(error = %why, file = %kept.display(), "post-call webhook kept on disk: could not store it");
+            // Keep the (authenticated) delivery for an operator to replay rather than lose it.
+            let failed = ctx.settings.data_dir.join("webhooks").join("failed");
+            let kept = failed.join(format!("{}.json", crate::store::records::new_id()));
+            let saved = match tokio::fs::create_dir_all(&failed).await {
+                Ok(()) => tokio::fs::write(&kept, &raw).await,
+                Err(e) => Err(e),
+            };
+            match saved {
+                Ok(()) => tracing::error!(error = %why, file = %kept.display(), "post-call webhook kept on disk: could not store it"),
+                Err(e) => tracing::error!(error = %why, write_error = %e, "post-call webhook could not be stored nor kept"),
+            }
             (StatusCode::OK, axum::Json(json!({"status": "kept", "reason": why}))).into_response()
         }
-    };
-    let _ = tokio::fs::remove_file(&path).await;
-    resp
+    }
+}
+
+/// A delivery's bytes before its signature is checked: in memory, or in a
+/// temporary file (deleted on drop) past [`IN_MEMORY`].
+enum Received {
+    Memory(Vec<u8>),
+    Spilled(tempfile::NamedTempFile),
+}
+
+impl Received {
+    async fn into_bytes(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Received::Memory(v) => Ok(v),
+            Received::Spilled(f) => tokio::fs::read(f.path()).await,
+        }
+    }
+}
+
+/// Bytes of unsigned deliveries held at once, across all requests.
+struct InFlight<'a> {
+    total: &'a AtomicUsize,
+    mine: usize,
+}
+
+impl InFlight<'_> {
+    fn add(&mut self, n: usize, budget: usize) -> bool {
+        let before = self.total.fetch_add(n, Ordering::Relaxed);
+        self.mine += n;
+        before.saturating_add(n) <= budget
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::Relaxed);
+    }
 }
 
 #[allow(
     clippy::result_large_err,
     reason = "the error is the response itself, built once per refused request"
 )]
-async fn receive_to(path: &Path, body: Body, verifier: &mut Verifier, cap: usize) -> Result<(), Response> {
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the webhook: {e}")))?;
+async fn receive_unverified(state: &AppState, spool: &Path, body: Body, verifier: &mut Verifier) -> Result<Received, Response> {
+    let cap = state.ctx.settings.raw.http.max_body_bytes;
+    // All unsigned deliveries together may hold at most two bodies' worth.
+    let budget = cap.saturating_mul(2);
+    let mut inflight = InFlight {
+        total: &state.webhook_inflight,
+        mine: 0,
+    };
+    let mut memory = Vec::new();
+    let mut file: Option<(tempfile::NamedTempFile, tokio::fs::File)> = None;
     let mut stream = body.into_data_stream();
     let mut total = 0usize;
+    let io = |e: std::io::Error| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the webhook: {e}"));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-        total += chunk.len();
+        total = total.saturating_add(chunk.len());
         if total > cap {
             return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {cap} bytes")));
         }
+        if !inflight.add(chunk.len(), budget) {
+            metrics::counter!("precall_webhook_refused_total", "why" => "in_flight").increment(1);
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many webhook bytes in flight; retry later",
+            ));
+        }
         verifier.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the webhook: {e}")))?;
+        match &mut file {
+            Some((_, f)) => f.write_all(&chunk).await.map_err(io)?,
+            None if memory.len() + chunk.len() <= IN_MEMORY => memory.extend_from_slice(&chunk),
+            None => {
+                tokio::fs::create_dir_all(spool).await.map_err(io)?;
+                let temp = tempfile::NamedTempFile::new_in(spool).map_err(io)?;
+                let mut f = tokio::fs::File::from_std(temp.reopen().map_err(io)?);
+                f.write_all(&memory).await.map_err(io)?;
+                f.write_all(&chunk).await.map_err(io)?;
+                memory = Vec::new();
+                file = Some((temp, f));
+            }
+        }
     }
-    file.flush()
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the webhook: {e}")))?;
-    Ok(())
+    match file {
+        Some((temp, mut f)) => {
+            f.flush().await.map_err(io)?;
+            Ok(Received::Spilled(temp))
+        }
+        None => Ok(Received::Memory(memory)),
+    }
 }
 
 struct Kept(String);
 
-async fn handle(state: &AppState, path: &PathBuf) -> Result<Value, Kept> {
+async fn handle(state: &AppState, raw: &[u8]) -> Result<Value, Kept> {
     let ctx = &state.ctx;
-    let raw = tokio::fs::read(path).await.map_err(|e| Kept(e.to_string()))?;
-    let Ok(event) = serde_json::from_slice::<Value>(&raw) else {
+    let Ok(event) = serde_json::from_slice::<Value>(raw) else {
         return Ok(json!({"status": "ignored", "reason": "not JSON"}));
     };
     let kind = event["type"].as_str().unwrap_or("unknown").to_owned();
@@ -134,7 +215,7 @@ async fn handle(state: &AppState, path: &PathBuf) -> Result<Value, Kept> {
                     .map_err(store_err)?,
                 None => false,
             };
-            let payload = String::from_utf8_lossy(&raw);
+            let payload = String::from_utf8_lossy(raw);
             ctx.store
                 .insert_webhook_event(&kind, conversation.as_deref(), matched, &payload)
                 .await
@@ -162,7 +243,7 @@ async fn handle(state: &AppState, path: &PathBuf) -> Result<Value, Kept> {
             Ok(json!({"status": "ok", "bytes": bytes.len()}))
         }
         _ => {
-            let payload = String::from_utf8_lossy(&raw);
+            let payload = String::from_utf8_lossy(raw);
             ctx.store
                 .insert_webhook_event(&kind, conversation.as_deref(), false, &payload)
                 .await

@@ -138,6 +138,24 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers a signed delivery; `false` when it was seen before (a replay).
+    /// Entries older than `keep_ms` are forgotten on the way: by then their
+    /// timestamps are outside the tolerance window anyway.
+    pub async fn accept_webhook_delivery(&self, signature: &str, keep_ms: i64) -> Result<bool, StoreError> {
+        let now = super::now_ms();
+        sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+            .bind(now - keep_ms)
+            .execute(&self.pool)
+            .await?;
+        let inserted =
+            sqlx::query("INSERT INTO webhook_deliveries (signature, received_at) VALUES ($1, $2) ON CONFLICT (signature) DO NOTHING")
+                .bind(signature)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
     /// Webhook deliveries for a conversation: (type, matched, payload).
     pub async fn webhook_events(&self, conversation_id: &str) -> Result<Vec<(String, bool, String)>, StoreError> {
         let rows = sqlx::query("SELECT event_type, matched, payload FROM webhook_events WHERE conversation_id = $1 ORDER BY id")
