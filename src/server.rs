@@ -545,7 +545,7 @@ impl SipTask {
                 .with_header("Retry-After", retry_after);
             return self.refuse_call(call, row, r);
         }
-        let offer = match sdp_body(&request) {
+        let offer = match sdp::offer_in(&request) {
             Ok(body) => body,
             Err(r) => return self.refuse_call(call, row, r),
         };
@@ -809,44 +809,6 @@ fn route_source(remote: SocketAddr) -> Option<IpAddr> {
     let probe = StdUdpSocket::bind(bind).ok()?;
     probe.connect(remote).ok()?;
     probe.local_addr().ok().map(|a| a.ip())
-}
-
-/// The SDP offer in an INVITE: the body, or the `application/sdp` part of a
-/// `multipart/mixed` body. `None` for a delayed offer.
-fn sdp_body(req: &Request) -> Result<Option<Bytes>, Rejection> {
-    if req.body.is_empty() {
-        return Ok(None);
-    }
-    let ct = req.headers.get("Content-Type").unwrap_or("application/sdp");
-    let media_type = ct.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case("multipart/mixed") {
-        return Ok(Some(req.body.clone()));
-    }
-    let boundary = ct
-        .split(';')
-        .skip(1)
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
-        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
-        .ok_or_else(|| Rejection::new(400, "Bad Request: multipart body without a boundary"))?;
-    let text = String::from_utf8_lossy(&req.body);
-    let delimiter = format!("--{boundary}");
-    for part in text.split(delimiter.as_str()).skip(1) {
-        let part = part.trim_start_matches("\r\n");
-        let Some((head, body)) = part.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let is_sdp = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(n, v)| {
-                n.trim().eq_ignore_ascii_case("content-type") && v.trim().to_ascii_lowercase().starts_with("application/sdp")
-            })
-        });
-        if is_sdp {
-            let body = body.strip_suffix("\r\n").unwrap_or(body);
-            return Ok(Some(Bytes::from(body.to_owned())));
-        }
-    }
-    Err(Rejection::new(415, "Unsupported Media Type: multipart body has no application/sdp part").with_header("Accept", "application/sdp"))
 }
 
 /// Even RTP ports from the configured range, handed out round-robin so a port is

@@ -8,9 +8,11 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use bytes::Bytes;
 use thiserror::Error;
 
 use crate::media::g711::G711;
+use crate::sip::message::{Rejection, Request};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -419,6 +421,44 @@ fn write_audio(body: &mut String, port: u16, pt: u8, wire: Wire, te: Option<(u8,
         let _ = write!(body, "a=rtpmap:{te} telephone-event/{rate}\r\na=fmtp:{te} 0-16\r\n");
     }
     let _ = write!(body, "a=ptime:20\r\na={}\r\n", direction.attribute());
+}
+
+/// The SDP offer in an INVITE: the body, or the `application/sdp` part of a
+/// `multipart/mixed` body. `None` for a delayed offer.
+pub fn offer_in(req: &Request) -> Result<Option<Bytes>, Rejection> {
+    if req.body.is_empty() {
+        return Ok(None);
+    }
+    let ct = req.headers.get("Content-Type").unwrap_or("application/sdp");
+    let media_type = ct.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("multipart/mixed") {
+        return Ok(Some(req.body.clone()));
+    }
+    let boundary = ct
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+        .ok_or_else(|| Rejection::new(400, "Bad Request: multipart body without a boundary"))?;
+    let text = String::from_utf8_lossy(&req.body);
+    let delimiter = format!("--{boundary}");
+    for part in text.split(delimiter.as_str()).skip(1) {
+        let part = part.trim_start_matches("\r\n");
+        let Some((head, body)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let is_sdp = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                n.trim().eq_ignore_ascii_case("content-type") && v.trim().to_ascii_lowercase().starts_with("application/sdp")
+            })
+        });
+        if is_sdp {
+            let body = body.strip_suffix("\r\n").unwrap_or(body);
+            return Ok(Some(Bytes::from(body.to_owned())));
+        }
+    }
+    Err(Rejection::new(415, "Unsupported Media Type: multipart body has no application/sdp part").with_header("Accept", "application/sdp"))
 }
 
 #[cfg(test)]
