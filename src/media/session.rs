@@ -61,7 +61,8 @@ impl RtpSender {
     /// When the next frame is due.
     #[inline]
     pub fn next_deadline(&self) -> Instant {
-        self.start + FRAME * self.next_frame as u32
+        let frames = u32::try_from(self.next_frame).unwrap_or(u32::MAX);
+        crate::deadline::after(self.start, FRAME.saturating_mul(frames))
     }
 
     /// The timeline index of the next frame (for the prompt player).
