@@ -608,3 +608,31 @@ async fn transfer_call_sends_refer_and_hangs_up_once_the_transfer_succeeds() {
     assert_eq!(results.len(), 2, "{results:?}");
     assert_eq!(results[1]["is_error"], false, "{results:?}");
 }
+
+/// The agent connects only once the ACK confirms the call: an INVITE that is
+/// answered but never acknowledged opens no conversation (and queues no agent
+/// audio), and a delayed offer whose ACK brings the answer 300 ms late (one
+/// trunk round trip and more) still reaches the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_waits_for_the_ack_however_late_it_comes() {
+    let env = env(AgentKnobs::default(), false).await;
+    // Answered, never ACKed: no conversation in two seconds.
+    let mut half_open = Caller::udp(env.daemon.sip_addr).await;
+    half_open.invite(&offer(half_open.rtp_port(), "0", "sendrecv")).await;
+    assert_eq!(half_open.final_response(SEC * 2).await.1.status(), Some(200));
+    tokio::time::sleep(SEC * 2).await;
+    assert!(
+        env.sim.conversations().is_empty(),
+        "an unacknowledged call opened an agent conversation"
+    );
+    // A delayed offer, ACKed with the answer 300 ms after the 200.
+    let mut c = Caller::udp(env.daemon.sip_addr).await;
+    c.invite("").await;
+    let (_, ok) = c.final_response(SEC * 2).await;
+    assert_eq!(ok.status(), Some(200));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.ack(&offer(c.rtp_port(), "0", "sendrecv")).await;
+    let conv = wait_conversations(&env.sim, 1).await;
+    assert_eq!(conv.len(), 1, "exactly the acknowledged call reached the agent");
+    assert_eq!(c.bye().await.status(), Some(200));
+}

@@ -124,6 +124,8 @@ struct MediaOut {
     agent: Option<AgentLink>,
     /// The agent's transfer tool call waiting for the REFER's outcome.
     transfer: Option<String>,
+    /// The call's voice, decided before the ACK: the agent connects on the ACK.
+    pending_voice: Option<String>,
     /// The codec on the wire (G.711 as is, Opus transcoded).
     wire: Option<WireCodec>,
     inbound: Vec<u8>,
@@ -148,6 +150,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         digits: String::new(),
         agent: None,
         transfer: None,
+        pending_voice: None,
         wire: None,
         inbound: Vec::with_capacity(480),
     };
@@ -160,7 +163,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         if ctx.negotiated.is_some() {
             call.handle(created, CallInput::Answered);
         }
-        start_clone(&ctx, &mut media, created);
+        start_clone(&ctx, &call, &mut media, created);
     } else {
         answer_at = Some(crate::deadline::after(created, ctx.answer_delay));
     }
@@ -297,7 +300,7 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         ctx.row.revision += 1;
         ctx.row.answered_at = Some(now_ms());
         ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
-        start_clone(ctx, media, now);
+        start_clone(ctx, call, media, now);
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
         }
@@ -411,7 +414,13 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             tracing::info!(call = %ctx.key, "ACK carried no SDP answer to our offer; ending the call");
             call.handle(now, CallInput::ConfirmedWithoutAnswer);
         }
-        Some(CallEvent::Input(input)) => call.handle(now, input),
+        Some(CallEvent::Input(input)) => {
+            let confirms = input == CallInput::Confirmed;
+            call.handle(now, input);
+            if confirms && let Some(voice) = media.pending_voice.take() {
+                connect_agent(ctx, call, media, voice);
+            }
+        }
         Some(CallEvent::AckBody(body)) => match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
             Ok(n) => {
                 ctx.negotiated = Some(n);
@@ -420,6 +429,9 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
                 media.latch.reset(n.remote);
                 call.handle(now, CallInput::Confirmed);
                 set_direction(call, now, n.direction);
+                if let Some(voice) = media.pending_voice.take() {
+                    connect_agent(ctx, call, media, voice);
+                }
             }
             Err(e) => {
                 tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer; ending the call");
@@ -433,7 +445,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             ctx.row.clone_outcome = Some(r.outcome.as_str().to_owned());
             ctx.row.voice_id = Some(r.voice_id.clone());
             ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
-            connect_agent(ctx, media, r.voice_id);
+            connect_agent(ctx, call, media, r.voice_id);
         }
         Some(CallEvent::Agent(ev)) => agent_event(ctx, media, ev).await,
         Some(CallEvent::Refer(progress)) => refer_progress(ctx, call, media, progress, now),
@@ -459,8 +471,15 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
 }
 
 /// Opens the agent conversation in `voice_id`; the greeting keeps playing until
-/// the agent's first audio is queued.
-fn connect_agent(ctx: &CallContext, media: &mut MediaOut, voice_id: String) {
+/// the agent's first audio is queued. Only once the ACK has confirmed the call
+/// (and, for a delayed offer, brought the answer): until then the voice waits in
+/// `pending_voice`, so a call that is never acknowledged costs no agent
+/// connection and no queued agent audio, and a late ACK still bridges.
+fn connect_agent(ctx: &CallContext, call: &Call, media: &mut MediaOut, voice_id: String) {
+    if call.confirmed_at().is_none() || ctx.negotiated.is_none() {
+        media.pending_voice = Some(voice_id);
+        return;
+    }
     let (Some(config), Some(n)) = (ctx.agent.clone(), ctx.negotiated) else {
         return;
     };
@@ -577,10 +596,10 @@ fn record_hand_off(ctx: &mut CallContext, gap_ms: u64) {
 /// Starts resolving the call's voice in the background; the greeting keeps
 /// playing meanwhile, and the answer comes back as [`CallEvent::CloneResolved`].
 /// Without a clone service the agent starts at once in its default voice.
-fn start_clone(ctx: &CallContext, media: &mut MediaOut, started: Instant) {
+fn start_clone(ctx: &CallContext, call: &Call, media: &mut MediaOut, started: Instant) {
     let Some(service) = ctx.clone.clone() else {
         if let Some(voice) = ctx.agent.as_ref().map(|a| a.default_voice_id.clone()) {
-            connect_agent(ctx, media, voice);
+            connect_agent(ctx, call, media, voice);
         }
         return;
     };

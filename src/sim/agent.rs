@@ -79,6 +79,8 @@ pub enum AgentAction {
 /// One conversation as the simulator saw it.
 #[derive(Debug, Clone, Default)]
 pub struct ConversationRecord {
+    /// The simulator's running number for the conversation.
+    pub seq: u64,
     pub id: String,
     pub agent_id: String,
     pub voice_id: String,
@@ -132,19 +134,22 @@ pub(super) async fn session(mut socket: WebSocket, state: Arc<SimState>, agent_i
     let index = {
         let mut inner = state.inner();
         inner.next += 1;
-        let id = format!("conv_sim{:012}", inner.next);
-        inner.conversations.push(ConversationRecord {
+        let seq = inner.next;
+        let id = format!("conv_sim{seq:012}");
+        let record = ConversationRecord {
+            seq,
             id,
             agent_id,
             voice_id: voice.clone(),
             initiation: init,
             input_rate: knobs.input_format.rate(),
             ..ConversationRecord::default()
-        });
-        inner.conversations.len() - 1
+        };
+        super::bounded_push(&mut inner.conversations, record, super::KEEP_CONVERSATIONS);
+        seq
     };
     let record = |f: &mut dyn FnMut(&mut ConversationRecord)| {
-        if let Some(c) = state.inner().conversations.get_mut(index) {
+        if let Some(c) = state.inner().conversations.iter_mut().find(|c| c.seq == index) {
             f(c);
         }
     };
@@ -251,9 +256,9 @@ pub(super) async fn session(mut socket: WebSocket, state: Arc<SimState>, agent_i
 }
 
 /// Handles one client message; an action when the message asks the agent to act.
-fn on_message(msg: &Value, knobs: &AgentKnobs, turn: &mut Turn, index: usize, state: &SimState) -> Option<AgentAction> {
+fn on_message(msg: &Value, knobs: &AgentKnobs, turn: &mut Turn, index: u64, state: &SimState) -> Option<AgentAction> {
     let mut inner = state.inner();
-    let conv = inner.conversations.get_mut(index)?;
+    let conv = inner.conversations.iter_mut().find(|c| c.seq == index)?;
     if let Some(b64) = msg.get("user_audio_chunk").and_then(Value::as_str) {
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
         let pcm: Vec<i16> = match knobs.input_format {

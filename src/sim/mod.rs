@@ -13,7 +13,7 @@ pub mod agent;
 
 pub use agent::{AGENT_ID, AgentAction, AgentKnobs, ConversationRecord};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,12 +72,25 @@ struct Inner {
     knobs: Knobs,
     failures_done: u32,
     voices: HashMap<String, String>,
-    requests: Vec<AddRequest>,
-    deleted: Vec<String>,
+    requests: VecDeque<AddRequest>,
+    deleted: VecDeque<String>,
     next: u64,
     agent: AgentKnobs,
-    conversations: Vec<ConversationRecord>,
-    signatures: Vec<String>,
+    conversations: VecDeque<ConversationRecord>,
+    signatures: VecDeque<String>,
+}
+
+/// What the simulator remembers for tests to inspect: the most recent
+/// conversations, clone requests and signed URLs. A long-running simulator
+/// (the daemon's offline default) must not grow with every call.
+const KEEP_CONVERSATIONS: usize = 64;
+const KEEP_REQUESTS: usize = 256;
+
+fn bounded_push<T>(q: &mut VecDeque<T>, item: T, keep: usize) {
+    while q.len() >= keep {
+        q.pop_front();
+    }
+    q.push_back(item);
 }
 
 #[derive(Debug)]
@@ -137,7 +150,7 @@ impl Simulator {
 
     /// Every voice-add request received so far.
     pub fn requests(&self) -> Vec<AddRequest> {
-        self.inner().requests.clone()
+        self.inner().requests.iter().cloned().collect()
     }
 
     /// Voices that exist now.
@@ -148,7 +161,7 @@ impl Simulator {
     }
 
     pub fn deleted(&self) -> Vec<String> {
-        self.inner().deleted.clone()
+        self.inner().deleted.iter().cloned().collect()
     }
 
     /// `ws://host:port`, the Agents WebSocket base.
@@ -160,9 +173,9 @@ impl Simulator {
         self.inner().agent = knobs;
     }
 
-    /// Every conversation so far, live or over.
+    /// The most recent conversations (the last 64), live or over, oldest first.
     pub fn conversations(&self) -> Vec<ConversationRecord> {
-        self.inner().conversations.clone()
+        self.inner().conversations.iter().cloned().collect()
     }
 
     /// Makes every live conversation do `action`; how many received it.
@@ -240,7 +253,7 @@ async fn signed_url(State(state): State<Arc<SimState>>, headers: HeaderMap, Quer
         return missing("agent_id");
     };
     let signature = crate::store::records::new_id();
-    state.inner().signatures.push(signature.clone());
+    bounded_push(&mut state.inner().signatures, signature.clone(), KEEP_REQUESTS);
     let addr = state
         .addr
         .lock()
@@ -303,7 +316,7 @@ async fn add_voice(State(state): State<Arc<SimState>>, headers: HeaderMap, mut m
             other => req.other_parts.push(other.to_owned()),
         }
     }
-    state.inner().requests.push(req.clone());
+    bounded_push(&mut state.inner().requests, req.clone(), KEEP_REQUESTS);
     let Some(name) = req.name.filter(|n| !n.is_empty()) else {
         return missing("name");
     };
@@ -390,7 +403,7 @@ async fn delete_voice(State(state): State<Arc<SimState>>, headers: HeaderMap, Pa
             "A voice with the voice_id was not found.",
         );
     }
-    inner.deleted.push(voice_id);
+    bounded_push(&mut inner.deleted, voice_id, KEEP_REQUESTS);
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
