@@ -16,12 +16,14 @@ pub fn normalize(raw: &str) -> Option<String> {
     for (i, c) in raw.chars().enumerate() {
         match c {
             '+' if i == 0 => plus = true,
-            '0'..='9' => digits.push(c),
+            '0'..='9' if digits.len() <= 20 => digits.push(c),
+            '0'..='9' => return None,
             ' ' | '-' | '.' | '(' | ')' | '/' => {}
             _ => return None,
         }
     }
-    if digits.is_empty() {
+    // E.164 numbers have at most 15 digits (17 with a 00 prefix); national ones fewer.
+    if digits.is_empty() || digits.len() > 17 {
         return None;
     }
     if !plus {
@@ -32,15 +34,25 @@ pub fn normalize(raw: &str) -> Option<String> {
             plus = true;
         }
     }
-    if plus && !(8..=15).contains(&digits.len()) {
+    if (plus && !(8..=15).contains(&digits.len())) || digits.len() > 15 {
         return None;
     }
     Some(if plus { format!("+{digits}") } else { digits })
 }
 
+/// Longest non-numeric id kept on a call record (a SIP user part can be any
+/// length a peer likes).
+pub const MAX_RECORDED: usize = 64;
+
+/// What a call record keeps of a peer's caller or callee id: the normalised
+/// number, or the raw text cut to [`MAX_RECORDED`] characters.
+pub fn for_record(raw: &str) -> String {
+    normalize(raw).unwrap_or_else(|| raw.chars().take(MAX_RECORDED).collect())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{MAX_RECORDED, for_record, normalize};
 
     #[test]
     fn e164_forms() {
@@ -55,6 +67,11 @@ mod tests {
 
     #[test]
     fn anonymous_and_junk() {
+        let huge = "5".repeat(10_000);
+        assert_eq!(normalize(&huge), None);
+        assert_eq!(for_record(&huge).len(), MAX_RECORDED);
+        assert_eq!(normalize("1234567890123456"), None, "16 digits is no phone number");
+        assert_eq!(normalize("00441234567890123").as_deref(), Some("+441234567890123"));
         for raw in ["", "anonymous", "Anonymous", "unknown", "sipp", "+", "+1", "12a4", "1+2"] {
             assert_eq!(normalize(raw), None, "{raw:?}");
         }

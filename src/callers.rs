@@ -8,6 +8,13 @@ use thiserror::Error;
 use crate::store::samples::{self, SampleError};
 use crate::store::{CallerMapping, Store, StoreError, now_ms};
 
+/// Samples per mapping: ElevenLabs Instant Voice Cloning takes up to 25 files.
+pub const MAX_SAMPLES: usize = 25;
+/// Longest display name, in characters.
+pub const MAX_NAME: usize = 200;
+/// Largest labels JSON, in bytes.
+pub const MAX_LABELS: usize = 4096;
+
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CallersError {
@@ -15,6 +22,12 @@ pub enum CallersError {
     CallerId(String),
     #[error("at least one voice sample file is needed")]
     NoSamples,
+    #[error("at most {MAX_SAMPLES} voice samples per caller (ElevenLabs takes 25), got {0}")]
+    TooManySamples(usize),
+    #[error("the display name is longer than {MAX_NAME} characters")]
+    NameTooLong,
+    #[error("labels are longer than {MAX_LABELS} bytes")]
+    LabelsTooLong,
     #[error(transparent)]
     Sample(#[from] SampleError),
     #[error("--labels must be a JSON object of strings, e.g. '{{\"accent\":\"british\"}}': {0}")]
@@ -36,6 +49,15 @@ pub async fn add(
     let caller_id = crate::caller_id::normalize(caller).ok_or_else(|| CallersError::CallerId(caller.to_owned()))?;
     if files.is_empty() {
         return Err(CallersError::NoSamples);
+    }
+    if files.len() > MAX_SAMPLES {
+        return Err(CallersError::TooManySamples(files.len()));
+    }
+    if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME) {
+        return Err(CallersError::NameTooLong);
+    }
+    if labels.is_some_and(|l| l.len() > MAX_LABELS) {
+        return Err(CallersError::LabelsTooLong);
     }
     let labels = match labels {
         Some(text) => {

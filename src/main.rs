@@ -288,7 +288,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 request_timeout: Duration::from_secs(settings.raw.elevenlabs.request_timeout_seconds),
             },
         );
-        clone.spawn_sweeper(Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
+        let sweeper = (clone.clone(), Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
         let greeting_wav = precall::http::ulaw_wav(&prompts.greeting);
         let apology_ulaw: Vec<u8> = prompts
             .apology
@@ -326,6 +326,9 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         while !records.flush(Duration::from_secs(5)).await {
             tracing::warn!("waiting for the database before telling systemd we are ready");
         }
+        // Background work that reads the tables starts only once the migrations
+        // have run (a fresh PostgreSQL once saw the sweeper before its table).
+        sweeper.0.spawn_sweeper(sweeper.1);
         precall::systemd::ready(&format!("listening on {}", handle.sip_addr));
         precall::systemd::spawn_status_and_watchdog(handle.stats.clone());
         loop {

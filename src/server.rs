@@ -499,10 +499,7 @@ impl SipTask {
     fn record_refused_invite(&self, r: &Refusal) {
         let Some(invite) = &r.invite else { return };
         let now = now_ms();
-        let caller = invite
-            .caller
-            .as_deref()
-            .map(|u| crate::caller_id::normalize(u).unwrap_or_else(|| u.to_owned()));
+        let caller = invite.caller.as_deref().map(crate::caller_id::for_record);
         self.records.submit(Record::Call(Box::new(CallRow {
             call_id: new_id(),
             revision: 1,
@@ -510,7 +507,7 @@ impl SipTask {
             protocol: "sip".into(),
             external_id: invite.call_id.clone(),
             caller,
-            callee: invite.callee.clone(),
+            callee: invite.callee.as_deref().map(crate::caller_id::for_record),
             started_at: now,
             ended_at: Some(now),
             end_reason: Some("rejected".into()),
@@ -786,7 +783,7 @@ fn call_row(request: &Request, node_id: &str) -> CallRow {
         .and_then(|v| crate::sip::header::NameAddr::parse("P-Asserted-Identity", v).ok())
         .and_then(|n| n.uri.user_decoded());
     let user = asserted.or_else(|| request.from.uri.user_decoded());
-    let caller = user.map(|u| crate::caller_id::normalize(&u).unwrap_or(u));
+    let caller = user.map(|u| crate::caller_id::for_record(&u));
     CallRow {
         call_id: new_id(),
         revision: 1,
@@ -794,7 +791,7 @@ fn call_row(request: &Request, node_id: &str) -> CallRow {
         protocol: "sip".into(),
         external_id: request.call_id.clone(),
         caller,
-        callee: request.uri.user_decoded(),
+        callee: request.uri.user_decoded().map(|u| crate::caller_id::for_record(&u)),
         started_at: now_ms(),
         ..CallRow::default()
     }

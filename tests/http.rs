@@ -785,3 +785,79 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_admin_input_is_bounded_and_answers_never_show_server_paths() {
+    let env = env().await;
+    let auth = format!("Bearer {API_KEY}");
+    let put = |caller: String, body: reqwest::Body, ct: String| {
+        env.client
+            .put(env.url(&format!("/api/v1/callers/{caller}")))
+            .header("Authorization", &auth)
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+    };
+    // An unterminated multipart body is a bad request, not a too-large one.
+    let cut = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF";
+    let r = put("+15550000002".into(), cut.into(), "multipart/form-data; boundary=b".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "{:?}", r.text().await);
+    // Audio-typed junk: refused, and the answer names no file on the server.
+    let junk = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nnot audio at all\r\n--b--\r\n";
+    let r = put("+15550000002".into(), junk.into(), "multipart/form-data; boundary=b".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    let data_dir = env.daemon.settings.data_dir.to_string_lossy().into_owned();
+    assert!(
+        !text.contains(&data_dir) && !text.contains("/tmp") && !text.contains("upload"),
+        "{text}"
+    );
+    // A 10,000-digit caller id is no caller id.
+    let wav = std::fs::read("assets/greeting.wav").unwrap();
+    let one = |wav: &Vec<u8>| {
+        reqwest::multipart::Part::bytes(wav.clone())
+            .file_name("me.wav")
+            .mime_str("audio/wav")
+            .unwrap()
+    };
+    let r = env
+        .client
+        .put(env.url(&format!("/api/v1/callers/{}", "5".repeat(10_000))))
+        .header("Authorization", &auth)
+        .multipart(reqwest::multipart::Form::new().part("file", one(&wav)))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 414 | 422 | 431 | 400), "{}", r.status());
+    // 30 samples for one mapping: more than ElevenLabs takes.
+    let mut form = reqwest::multipart::Form::new();
+    for _ in 0..30 {
+        form = form.part("file", one(&wav));
+    }
+    let r = env
+        .client
+        .put(env.url("/api/v1/callers/+15550000003"))
+        .header("Authorization", &auth)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    // An empty conversation_id in a signed post-call webhook.
+    let body = json!({"type": "post_call_audio", "data": {"conversation_id": "", "full_audio": "AAAA"}}).to_string();
+    let header = precall::elevenlabs::webhook::sign(WEBHOOK_SECRET, precall::store::now_ms() / 1000, body.as_bytes());
+    let r = env
+        .client
+        .post(env.url("/webhook/elevenlabs/postcall"))
+        .header("ElevenLabs-Signature", header)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!env.daemon.settings.data_dir.join("post_call_audio").join(".mp3").exists());
+}

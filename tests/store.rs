@@ -87,6 +87,19 @@ async fn exercise(store: &Store) {
     let c2 = store.call("c2").await.unwrap().unwrap().row;
     assert_eq!((c2.ended_at, c2.end_reason.as_deref()), (Some(5_000), Some("daemon_restart")));
     assert!(store.call("c3").await.unwrap().unwrap().row.ended_at.is_none());
+    // With a heartbeat, a crashed node's calls end when it was last alive, not
+    // when it restarted; a call that started after the last beat ends at its start.
+    store.beat("node-b", 3_500).await.unwrap();
+    store
+        .upsert_call(&CallRow {
+            node_id: "node-b".into(),
+            ..call("c4", "+15557654321", 1, 3_700)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.close_open_calls("node-b", "daemon_restart", 90_000).await.unwrap(), 2);
+    assert_eq!(store.call("c3").await.unwrap().unwrap().row.ended_at, Some(3_500));
+    assert_eq!(store.call("c4").await.unwrap().unwrap().row.ended_at, Some(3_700));
     // A late replay of the call's own older snapshot cannot reopen it.
     store.upsert_call(&call("c2", "+15551234567", 3, 2_000)).await.unwrap();
     assert_eq!(
@@ -99,7 +112,7 @@ async fn exercise(store: &Store) {
         vec!["c2", "c1"],
         "newest first"
     );
-    assert_eq!(store.count_calls().await.unwrap(), 3);
+    assert_eq!(store.count_calls().await.unwrap(), 4);
 
     // caller_voice_mapping.
     let sample = Sample {
@@ -237,7 +250,7 @@ async fn exercise(store: &Store) {
         }
     }
     store.write_batch(&batch).await.unwrap();
-    assert_eq!(store.count_calls().await.unwrap(), 253);
+    assert_eq!(store.count_calls().await.unwrap(), 254);
     for i in [0, 1, 99, 100, 249] {
         let row = store.call(&format!("m{i}")).await.unwrap().unwrap().row;
         assert_eq!((row.revision, row.end_reason.as_deref()), (3, Some("caller_bye")), "m{i}");

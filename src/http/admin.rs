@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::{AppState, error};
 use crate::callers::{self, CallersError};
+use crate::store::samples::{MAX_SAMPLE_BYTES, SampleError};
 
 /// Failed API keys per client address: past `http.admin_auth_failures_per_minute`
 /// the address gets 429 for the rest of the minute, whatever key it sends, so a
@@ -206,10 +207,18 @@ pub async fn put_caller(State(state): State<AppState>, Path(caller): Path<String
         };
         let part = field.name().unwrap_or("").to_owned();
         let content_type = field.content_type().unwrap_or("").to_ascii_lowercase();
-        let Ok(bytes) = field.bytes().await else {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "upload larger than http.max_body_bytes or cut short");
+        let bytes = match field.bytes().await {
+            Ok(b) => b,
+            // 413 only for a body over the limit; a malformed or cut-short body is 400.
+            Err(e) => return error(e.status(), format!("bad multipart body: {}", e.body_text())),
         };
         match part.as_str() {
+            "file" | "files" if files.len() >= callers::MAX_SAMPLES => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("at most {} voice samples per caller", callers::MAX_SAMPLES),
+                );
+            }
             "file" | "files" => {
                 let audio = content_type.starts_with("audio/") || content_type == "application/octet-stream";
                 if !audio {
@@ -240,8 +249,26 @@ pub async fn put_caller(State(state): State<AppState>, Path(caller): Path<String
     .await
     {
         Ok(m) => json_ok(json!({"caller_id": m.caller_id, "samples": m.samples.len(), "sample_hash": m.sample_hash})),
-        Err(CallersError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+        Err(CallersError::Store(e)) => {
+            tracing::warn!(error = %e, "admin API: cannot store the caller mapping");
+            error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable; try again")
+        }
+        // Never the server's file paths: they are staging names, meaningless to the client.
+        Err(CallersError::Sample(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, sample_problem(&e)),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+/// A sample problem as the client can act on it, without server paths.
+fn sample_problem(e: &SampleError) -> String {
+    match e {
+        SampleError::Empty { .. } => "a sample file is empty".into(),
+        SampleError::TooLarge { size, .. } => format!("a sample of {size} bytes is over the {MAX_SAMPLE_BYTES}-byte limit"),
+        SampleError::NotAudio { .. } => "a sample is not a WAV or MP3 file (by its content)".into(),
+        _ => {
+            tracing::warn!(error = %e, "admin API: cannot store a voice sample");
+            "the sample could not be stored on the server".into()
+        }
     }
 }
 

@@ -69,6 +69,9 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
         Ok(raw) => raw,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the webhook back: {e}")),
     };
+    if let Err(why) = check_conversation_id(&raw) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     match handle(&state, &raw).await {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err(Kept(why)) => {
@@ -179,6 +182,28 @@ async fn receive_unverified(state: &AppState, spool: &Path, body: Body, verifier
 }
 
 struct Kept(String);
+
+/// Longest `conversation_id` accepted (ElevenLabs' are about 30 characters).
+const MAX_CONVERSATION_ID: usize = 128;
+
+/// A `conversation_id`, when present, is a non-empty token of letters, digits,
+/// `_` and `-`: it becomes a file name and a database key.
+fn check_conversation_id(raw: &[u8]) -> Result<(), &'static str> {
+    let Ok(event) = serde_json::from_slice::<Value>(raw) else {
+        return Ok(());
+    };
+    match &event["data"]["conversation_id"] {
+        Value::Null => Ok(()),
+        Value::String(id)
+            if !id.is_empty()
+                && id.len() <= MAX_CONVERSATION_ID
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            Ok(())
+        }
+        _ => Err("conversation_id must be 1-128 letters, digits, '_' or '-'"),
+    }
+}
 
 async fn handle(state: &AppState, raw: &[u8]) -> Result<Value, Kept> {
     let ctx = &state.ctx;

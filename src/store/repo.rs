@@ -74,17 +74,40 @@ impl Store {
             .try_get("n")?)
     }
 
-    /// Closes calls this node left open (a crash): `ended_at = now`, the given reason.
+    /// Closes calls this node left open (a crash), with the given reason. They
+    /// end when the node was last known alive (its heartbeat, not before the
+    /// call started), or at `now` when it never beat: the downtime is not call time.
     pub async fn close_open_calls(&self, node_id: &str, reason: &str, now: i64) -> Result<u64, StoreError> {
+        let alive: Option<i64> = sqlx::query("SELECT alive_at FROM node_heartbeats WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("alive_at"))
+            .transpose()?;
+        let ended = alive.map_or(now, |a| a.min(now));
         let r = sqlx::query(
-            "UPDATE call_log SET ended_at = $1, end_reason = $2, revision = revision + 1000000 WHERE node_id = $3 AND ended_at IS NULL",
+            "UPDATE call_log SET ended_at = CASE WHEN started_at > $1 THEN started_at ELSE $1 END, end_reason = $2, \
+             revision = revision + 1000000 WHERE node_id = $3 AND ended_at IS NULL",
         )
-        .bind(now)
+        .bind(ended)
         .bind(reason)
         .bind(node_id)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    /// This node is alive at `at` (ms).
+    pub async fn beat(&self, node_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_heartbeats (node_id, alive_at) VALUES ($1, $2) \
+             ON CONFLICT (node_id) DO UPDATE SET alive_at = excluded.alive_at",
+        )
+        .bind(node_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Stores the post-call webhook's transcript and summary; false if no call has

@@ -21,6 +21,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::Record;
+
+/// How often the writer records that this node is alive (`node_heartbeats`).
+const HEARTBEAT: Duration = Duration::from_secs(10);
 use super::{Store, StoreError, now_ms};
 
 /// How the writer behaves; from `[database]` settings.
@@ -138,6 +141,8 @@ impl Writer {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         let mut open = true;
+        // The first beat comes once the crash leftovers are closed (they use the last one).
+        let mut next_beat = tokio::time::Instant::now();
         loop {
             // Take everything queued, without waiting.
             while let Ok(cmd) = self.rx.try_recv() {
@@ -152,9 +157,19 @@ impl Writer {
                 if !open {
                     return;
                 }
-                match self.rx.recv().await {
-                    Some(cmd) => self.accept(cmd),
-                    None => open = false,
+                let beat_due = tokio::time::sleep_until(next_beat);
+                tokio::select! {
+                    cmd = self.rx.recv() => match cmd {
+                        Some(cmd) => self.accept(cmd),
+                        None => open = false,
+                    },
+                    _ = beat_due => {}
+                }
+                if tokio::time::Instant::now() >= next_beat {
+                    next_beat = tokio::time::Instant::now() + HEARTBEAT;
+                    if let Err(e) = self.store.beat(&self.config.node_id, now_ms()).await {
+                        tracing::debug!(error = %e, "node heartbeat not written");
+                    }
                 }
                 continue;
             }

@@ -70,7 +70,7 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
             return xml(twiml::hangup(Some("Sorry, all our lines are busy. Please call again later.")));
         }
         let now = now_ms();
-        let caller = param(&params, "From").map(|f| crate::caller_id::normalize(f).unwrap_or_else(|| f.to_owned()));
+        let caller = param(&params, "From").map(crate::caller_id::for_record);
         let row = CallRow {
             call_id: new_id(),
             revision: 1,

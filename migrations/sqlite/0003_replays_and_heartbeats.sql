@@ -5,3 +5,10 @@ CREATE TABLE webhook_deliveries (
     received_at  BIGINT  NOT NULL
 );
 CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at);
+
+-- When each node was last known alive (the record writer beats every 10 s), so
+-- the calls a crashed node left open end when it died, not when it restarted.
+CREATE TABLE node_heartbeats (
+    node_id   TEXT    PRIMARY KEY,
+    alive_at  BIGINT  NOT NULL
+);
