@@ -150,15 +150,15 @@ if arrivals(attacker, 0.3):
 bye(s, cid, tag)
 healthy("after the RTP hijack attempts")
 
-print("== 4. slow and idle connections: SIP TCP trickle, 300 idle HTTP connections", flush=True)
+print("== 4. slow and idle connections from 127.0.0.2: SIP TCP trickle, 300 idle HTTP connections", flush=True)
 held = []
 for _ in range(300):
     try:
-        c = socket.create_connection(http, timeout=2)
+        c = socket.create_connection(http, timeout=2, source_address=("127.0.0.2", 0))
         held.append(c)
     except OSError:
         pass
-trickle = socket.create_connection(sip, timeout=2)
+trickle = socket.create_connection(sip, timeout=2, source_address=("127.0.0.2", 0))
 def trickler():
     msg = b"OPTIONS sip:precall SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK-slow\r\n" * 10
     try:
