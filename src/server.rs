@@ -378,7 +378,11 @@ impl SipTask {
                         let flow = Flow { transport: Transport::Udp, remote, local: self.local_addr_for(remote) };
                         self.inbound_message(flow, &buf[..n]).await;
                     }
-                    Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                    Err(e) => {
+                        // Never spin on a socket that keeps failing.
+                        tracing::debug!(error = %e, "UDP receive error");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 },
                 Some(msg) = inbound.recv() => match msg {
                     Inbound::Message { flow, data } => self.inbound_message(flow, &data).await,

@@ -178,6 +178,9 @@ async fn url(config: &AgentConfig, deadline: Instant) -> Result<String, Ended> {
     ))
 }
 
+/// Largest agent WebSocket message accepted (about a minute of 16 kHz PCM in base64).
+pub const MAX_AGENT_MESSAGE: usize = 4 << 20;
+
 async fn session<E, W>(
     config: &AgentConfig,
     conv: &Conversation,
@@ -193,7 +196,12 @@ where
     let deadline = Instant::now() + config.connect_timeout;
     let url = url(config, deadline).await?;
     // 20 ms audio chunks must not wait for Nagle's algorithm (measured: +40 ms).
-    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
+    // The agent's largest message is a few seconds of audio; a peer cannot make
+    // us buffer the library's default of 64 MiB per message.
+    let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_AGENT_MESSAGE))
+        .max_frame_size(Some(MAX_AGENT_MESSAGE));
+    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(limits), true);
     let (ws, _) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), connect)
         .await
         .map_err(|_| lost("connect timed out"))?
