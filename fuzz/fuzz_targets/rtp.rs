@@ -13,7 +13,7 @@ use precall::media::session::{RtpReceiver, SourceLatch};
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let mut receiver = RtpReceiver::new(8000, t0);
-    let mut latch = SourceLatch::new(Some(SocketAddr::from(([10, 0, 0, 1], 4000))), false);
+    let mut latch = SourceLatch::new(Some(SocketAddr::from(([10, 0, 0, 1], 4000))), false, t0);
     let mut dtmf = DtmfReceiver::default();
     let mut jitter = JitterBuffer::new(2);
     // The input is a run of datagrams, each prefixed by its length byte.
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let now = t0 + Duration::from_millis(u64::from(i) * 20);
         let from = SocketAddr::from(([10, 0, 0, 1 + (i % 2) as u8], 4000));
         if let Ok(p) = receiver.on_datagram(now, packet) {
-            let _ = latch.on_packet(from, &p.header, true);
+            let _ = latch.on_packet(now, from, &p.header, true);
             let _ = dtmf.on_packet(p.header.timestamp, p.payload);
             jitter.push(p.header.sequence, p.payload);
             let _ = jitter.pop();

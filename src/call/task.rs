@@ -140,7 +140,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         sender: None,
         dest: ctx.negotiated.map(|n| n.remote),
         sdp_remote: ctx.negotiated.map(|n| n.remote),
-        latch: SourceLatch::new(ctx.negotiated.map(|n| n.remote), ctx.strict_rtp_source),
+        latch: SourceLatch::new(ctx.negotiated.map(|n| n.remote), ctx.strict_rtp_source, created),
         buf: [0u8; MAX_PACKET],
         skipped: 0,
         ignored: 0,
@@ -373,7 +373,7 @@ fn inbound_rtp(
     let payload_ok = ctx
         .negotiated
         .is_some_and(|n| header.payload_type == n.payload_type || Some(header.payload_type) == n.telephone_event);
-    match media.latch.on_packet(from, &header, payload_ok) {
+    match media.latch.on_packet(now, from, &header, payload_ok) {
         Latch::Accept { send_to } => {
             // Symmetric RTP (comedia): answer where the caller's media comes from.
             if media.dest != Some(send_to) {
@@ -424,9 +424,12 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
         Some(CallEvent::AckBody(body)) => match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
             Ok(n) => {
                 ctx.negotiated = Some(n);
-                media.dest = Some(n.remote);
-                media.sdp_remote = Some(n.remote);
-                media.latch.reset(n.remote);
+                // Learning (re)opens only when the answer names a new address.
+                if media.sdp_remote != Some(n.remote) {
+                    media.dest = Some(n.remote);
+                    media.sdp_remote = Some(n.remote);
+                    media.latch.reset(n.remote, now);
+                }
                 call.handle(now, CallInput::Confirmed);
                 set_direction(call, now, n.direction);
                 if let Some(voice) = media.pending_voice.take() {
@@ -457,7 +460,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
                 if media.sdp_remote != Some(n.remote) {
                     media.sdp_remote = Some(n.remote);
                     media.dest = Some(n.remote);
-                    media.latch.reset(n.remote);
+                    media.latch.reset(n.remote, now);
                 }
                 if let Some(s) = media.sender.as_mut() {
                     s.set_payload_type(n.payload_type);

@@ -286,10 +286,11 @@ impl RtpReceiver {
 /// - Packets from the exact SDP address are always the caller's, and latch at once.
 /// - Another source latches only with [`LATCH_STREAK`] packets of a negotiated
 ///   payload type from one SSRC with consecutive sequence numbers, and only
-///   where a NAT can explain the difference: from any address when the SDP
-///   names one a NAT hides (private, CGNAT, link-local, unspecified); from the
-///   SDP's own IP on another port when it is routable (a NAT that kept the IP
-///   but remapped the port); never when it is loopback (no NAT in between).
+///   where the network can explain the difference: from any address when the
+///   SDP names one a NAT hides (private, CGNAT, link-local, unspecified); when
+///   it names a routable one, from its own IP on another port (a NAT that
+///   remapped the port), or from another IP within [`LEARN_WINDOW`] of media
+///   starting (a multi-homed phone, an ALG); never when it names loopback.
 /// - `strict` (`rtp.strict_source`) accepts the SDP address and nothing else.
 ///
 /// Anything else arriving on the port is ignored (and does not keep the call alive).
@@ -300,9 +301,17 @@ pub struct SourceLatch {
     latched: Option<SocketAddr>,
     /// Learning is closed once a source is latched.
     closed: bool,
+    /// When learning (re)opened: other IPs than a routable SDP address are
+    /// learned only within [`LEARN_WINDOW`] of it.
+    opened: Option<Instant>,
     candidate: Option<(SocketAddr, u32, u16)>,
     streak: u8,
 }
+
+/// How long after media starts (or moves) a source on another IP than a
+/// routable SDP address may be learned (a multi-homed phone that advertises one
+/// interface and sends from another, a SIP ALG that rewrote the IP).
+pub const LEARN_WINDOW: Duration = Duration::from_secs(5);
 
 /// Packets in a row needed to latch a source other than the SDP address.
 pub const LATCH_STREAK: u8 = 3;
@@ -319,10 +328,11 @@ pub enum Latch {
 impl SourceLatch {
     /// Learning opens with `expected`, the address the SDP names (`None` until a
     /// delayed offer's answer arrives).
-    pub fn new(expected: Option<SocketAddr>, strict: bool) -> Self {
+    pub fn new(expected: Option<SocketAddr>, strict: bool, now: Instant) -> Self {
         SourceLatch {
             expected,
             strict,
+            opened: Some(now),
             ..SourceLatch::default()
         }
     }
@@ -333,11 +343,11 @@ impl SourceLatch {
 
     /// The SDP now names `expected` (a delayed offer's answer, or a re-INVITE or
     /// UPDATE that moved the media): forget the learned source and learn again.
-    pub fn reset(&mut self, expected: SocketAddr) {
-        *self = SourceLatch::new(Some(expected), self.strict);
+    pub fn reset(&mut self, expected: SocketAddr, now: Instant) {
+        *self = SourceLatch::new(Some(expected), self.strict, now);
     }
 
-    pub fn on_packet(&mut self, from: SocketAddr, header: &RtpHeader, payload_ok: bool) -> Latch {
+    pub fn on_packet(&mut self, now: Instant, from: SocketAddr, header: &RtpHeader, payload_ok: bool) -> Latch {
         if self.latched == Some(from) {
             return Latch::Accept { send_to: from };
         }
@@ -354,7 +364,8 @@ impl SourceLatch {
         let Some(expected) = self.expected else {
             return Latch::Ignore;
         };
-        if !learnable(expected.ip(), from.ip()) {
+        let in_window = self.opened.is_some_and(|t| now.saturating_duration_since(t) < LEARN_WINDOW);
+        if !learnable(expected.ip(), from.ip(), in_window) {
             return Latch::Ignore;
         }
         let continues = matches!(self.candidate, Some((addr, ssrc, seq)) if addr == from && ssrc == header.ssrc && header.sequence == seq.wrapping_add(1));
@@ -375,13 +386,13 @@ impl SourceLatch {
 }
 
 /// Whether packets from `from` may be the caller whose SDP names `expected`.
-fn learnable(expected: IpAddr, from: IpAddr) -> bool {
+fn learnable(expected: IpAddr, from: IpAddr, in_window: bool) -> bool {
     if expected.is_loopback() {
         false
     } else if behind_nat(expected) {
         true
     } else {
-        from == expected
+        from == expected || in_window
     }
 }
 
@@ -500,71 +511,101 @@ mod tests {
 
     #[test]
     fn latch_needs_a_consecutive_stream_and_resists_hijack() {
+        let t0 = Instant::now();
         let natted: SocketAddr = "192.168.1.20:4000".parse().unwrap();
         let caller: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
-        let mut l = SourceLatch::new(Some(natted), false);
-        assert_eq!(l.on_packet(attacker, &h(9, 1), false), Latch::Ignore, "wrong payload type");
-        assert_eq!(l.on_packet(caller, &h(100, 5), true), Latch::Ignore, "one packet is not a stream");
-        assert_eq!(l.on_packet(attacker, &h(7, 1), true), Latch::Ignore);
+        let mut l = SourceLatch::new(Some(natted), false, t0);
+        assert_eq!(l.on_packet(t0, attacker, &h(9, 1), false), Latch::Ignore, "wrong payload type");
         assert_eq!(
-            l.on_packet(caller, &h(101, 5), true),
+            l.on_packet(t0, caller, &h(100, 5), true),
+            Latch::Ignore,
+            "one packet is not a stream"
+        );
+        assert_eq!(l.on_packet(t0, attacker, &h(7, 1), true), Latch::Ignore);
+        assert_eq!(
+            l.on_packet(t0, caller, &h(101, 5), true),
             Latch::Ignore,
             "interleaving broke the streak"
         );
-        assert_eq!(l.on_packet(caller, &h(102, 5), true), Latch::Ignore);
-        assert_eq!(l.on_packet(caller, &h(103, 5), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.on_packet(t0, caller, &h(102, 5), true), Latch::Ignore);
+        assert_eq!(l.on_packet(t0, caller, &h(103, 5), true), Latch::Accept { send_to: caller });
         assert_eq!(l.latched(), Some(caller));
         // Nobody takes over, while the caller talks or after it falls silent.
         for seq in 0..50 {
-            assert_eq!(l.on_packet(attacker, &h(seq, 1), true), Latch::Ignore);
+            assert_eq!(l.on_packet(t0, attacker, &h(seq, 1), true), Latch::Ignore);
         }
-        assert_eq!(l.on_packet(caller, &h(104, 5), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.on_packet(t0, caller, &h(104, 5), true), Latch::Accept { send_to: caller });
         // A re-INVITE that moves the media opens learning again.
         let moved: SocketAddr = "198.51.100.7:4100".parse().unwrap();
-        l.reset(moved);
-        assert_eq!(l.on_packet(moved, &h(200, 5), true), Latch::Accept { send_to: moved });
+        l.reset(moved, t0);
+        assert_eq!(l.on_packet(t0, moved, &h(200, 5), true), Latch::Accept { send_to: moved });
     }
 
     #[test]
     fn a_silent_caller_with_a_routable_address_cannot_be_replaced() {
+        let t0 = Instant::now();
+        let after_window = t0 + LEARN_WINDOW;
         let caller: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
-        let mut l = SourceLatch::new(Some(caller), false);
+        let mut l = SourceLatch::new(Some(caller), false, t0);
+        // Once the learning window is over, another IP is never learned.
         for seq in 0..100 {
-            assert_eq!(l.on_packet(attacker, &h(seq, 1), true), Latch::Ignore);
+            assert_eq!(l.on_packet(after_window, attacker, &h(seq, 1), true), Latch::Ignore);
         }
         assert_eq!(l.latched(), None);
         // The caller's own IP from another port (a NAT that remapped the port)
         // latches with a stream…
         let other_port: SocketAddr = "198.51.100.7:4002".parse().unwrap();
-        let got: Vec<_> = (0..3).map(|s| l.on_packet(other_port, &h(s, 9), true)).collect();
+        let got: Vec<_> = (0..3).map(|s| l.on_packet(after_window, other_port, &h(s, 9), true)).collect();
         assert_eq!(got[2], Latch::Accept { send_to: other_port });
         // …and the SDP address itself is still preferred.
-        assert_eq!(l.on_packet(caller, &h(50, 9), true), Latch::Accept { send_to: caller });
+        assert_eq!(
+            l.on_packet(after_window, caller, &h(50, 9), true),
+            Latch::Accept { send_to: caller }
+        );
         assert_eq!(l.latched(), Some(caller));
     }
 
     #[test]
+    fn a_multihomed_caller_is_learned_at_the_start_of_media() {
+        let t0 = Instant::now();
+        // It advertises one interface and sends from another (baresip on a
+        // host whose eth0 is 192.0.2.2, calling over loopback).
+        let advertised: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        let actual: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut l = SourceLatch::new(Some(advertised), false, t0);
+        let got: Vec<_> = (0..3).map(|s| l.on_packet(t0 + FRAME * s, actual, &h(s as u16, 5), true)).collect();
+        assert_eq!(got[2], Latch::Accept { send_to: actual });
+        // Latched: nobody replaces it afterwards.
+        let attacker: SocketAddr = "203.0.113.66:9999".parse().unwrap();
+        for seq in 0..20 {
+            assert_eq!(l.on_packet(t0 + FRAME * 10, attacker, &h(seq, 1), true), Latch::Ignore);
+        }
+    }
+
+    #[test]
     fn a_loopback_caller_is_only_its_sdp_address() {
+        let t0 = Instant::now();
         let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let same_host: SocketAddr = "127.0.0.1:4002".parse().unwrap();
-        let mut l = SourceLatch::new(Some(caller), false);
+        let mut l = SourceLatch::new(Some(caller), false, t0);
         for seq in 0..20 {
-            assert_eq!(l.on_packet(same_host, &h(seq, 1), true), Latch::Ignore);
+            assert_eq!(l.on_packet(t0, same_host, &h(seq, 1), true), Latch::Ignore);
         }
-        assert_eq!(l.on_packet(caller, &h(1, 2), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.on_packet(t0, caller, &h(1, 2), true), Latch::Accept { send_to: caller });
     }
 
     #[test]
     fn strict_source_accepts_only_the_sdp_address() {
+        let t0 = Instant::now();
         let caller: SocketAddr = "192.168.1.20:4000".parse().unwrap();
         let other: SocketAddr = "192.168.1.20:4002".parse().unwrap();
-        let mut l = SourceLatch::new(Some(caller), true);
+        let mut l = SourceLatch::new(Some(caller), true, t0);
         for seq in 0..10 {
-            assert_eq!(l.on_packet(other, &h(seq, 1), true), Latch::Ignore);
+            assert_eq!(l.on_packet(t0, other, &h(seq, 1), true), Latch::Ignore);
         }
-        assert_eq!(l.on_packet(caller, &h(1, 1), true), Latch::Accept { send_to: caller });
+        assert_eq!(l.on_packet(t0, caller, &h(1, 1), true), Latch::Accept { send_to: caller });
     }
 
     #[test]
