@@ -162,6 +162,10 @@ pub struct RtpSection {
     pub port_max: u16,
     /// Seconds without caller RTP before the call is ended (`rtp_timeout`).
     pub timeout_seconds: u64,
+    /// The same while the caller holds the call (`sendonly`, `inactive`, or no
+    /// media expected from it): phones often send nothing on hold, and a hold
+    /// lasts longer than a silence (Asterisk's `rtp_timeout_hold`).
+    pub hold_timeout_seconds: u64,
     /// Accept RTP only from the address the SDP names (no symmetric-RTP
     /// learning): for trunks and SBCs whose SDP is always right.
     pub strict_source: bool,
@@ -173,6 +177,7 @@ impl Default for RtpSection {
             port_min: 10000,
             port_max: 20000,
             timeout_seconds: 60,
+            hold_timeout_seconds: 300,
             strict_source: false,
         }
     }
@@ -350,8 +355,16 @@ pub struct CloneSection {
     pub max_wait_seconds: u64,
     /// Ask ElevenLabs to isolate the voice in the samples.
     pub remove_background_noise: bool,
-    /// How often expired clones are deleted at ElevenLabs.
+    /// How often expired and orphaned clones are deleted at ElevenLabs.
     pub sweep_interval_seconds: u64,
+    /// How long the clone request itself may take, retries included. At least
+    /// `max_wait_seconds`: after the call stops waiting, the clone goes on and
+    /// fills the cache for the caller's next call (at most 600).
+    pub request_timeout_seconds: u64,
+    /// A voice labelled `created_by: precall` that no cache row names is deleted
+    /// once it is this old; longer than `request_timeout_seconds`, so a clone
+    /// about to write its cache row is never taken for an orphan.
+    pub orphan_grace_seconds: u64,
 }
 
 impl Default for CloneSection {
@@ -361,6 +374,8 @@ impl Default for CloneSection {
             max_wait_seconds: 35,
             remove_background_noise: false,
             sweep_interval_seconds: 600,
+            request_timeout_seconds: 120,
+            orphan_grace_seconds: 900,
         }
     }
 }
@@ -607,8 +622,8 @@ impl Settings {
                 format!("range {lo}-{hi} includes the SIP port {}", sip_listen.port()),
             ));
         }
-        if raw.rtp.timeout_seconds == 0 {
-            return Err(invalid("rtp.timeout_seconds", "must be at least 1"));
+        if raw.rtp.timeout_seconds == 0 || raw.rtp.hold_timeout_seconds == 0 {
+            return Err(invalid("rtp.timeout_seconds/hold_timeout_seconds", "must be at least 1"));
         }
         if raw.limits.max_calls == 0 {
             return Err(invalid("limits.max_calls", "must be at least 1"));
@@ -692,6 +707,21 @@ impl Settings {
         crate::store::Backend::from_url(&database_url).map_err(|e| invalid("database.url", e.to_string()))?;
         if raw.database.writer_queue == 0 || raw.database.writer_memory_limit == 0 {
             return Err(invalid("database.writer_queue/database.writer_memory_limit", "must be at least 1"));
+        }
+        if raw.clone.request_timeout_seconds < raw.clone.max_wait_seconds || raw.clone.request_timeout_seconds > 600 {
+            return Err(invalid(
+                "clone.request_timeout_seconds",
+                format!(
+                    "{} must be between clone.max_wait_seconds ({}) and 600: a clone must outlast the call's wait",
+                    raw.clone.request_timeout_seconds, raw.clone.max_wait_seconds
+                ),
+            ));
+        }
+        if raw.clone.orphan_grace_seconds <= raw.clone.request_timeout_seconds {
+            return Err(invalid(
+                "clone.orphan_grace_seconds",
+                "must be longer than clone.request_timeout_seconds, or a clone in flight could be deleted",
+            ));
         }
         if raw.clone.cache_ttl_hours == 0 {
             return Err(invalid("clone.cache_ttl_hours", "must be at least 1"));
@@ -904,6 +934,7 @@ mod tests {
         assert_eq!(s.raw.limits.max_calls, 1000);
         assert_eq!(s.raw.limits.max_call_seconds, 3600);
         assert_eq!(s.raw.rtp.timeout_seconds, 60);
+        assert_eq!(s.raw.rtp.hold_timeout_seconds, 300);
         assert!(s.greeting_file.is_none());
         assert_eq!(s.log_format, LogFormat::Text);
     }

@@ -285,7 +285,8 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 default_voice_id: settings.raw.elevenlabs.default_voice_id.clone(),
                 remove_background_noise: settings.raw.clone.remove_background_noise,
                 data_dir: settings.data_dir.clone(),
-                request_timeout: Duration::from_secs(settings.raw.elevenlabs.request_timeout_seconds),
+                request_timeout: Duration::from_secs(settings.raw.clone.request_timeout_seconds),
+                orphan_grace: Duration::from_secs(settings.raw.clone.orphan_grace_seconds),
             },
         );
         let sweeper = (clone.clone(), Duration::from_secs(settings.raw.clone.sweep_interval_seconds));

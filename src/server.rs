@@ -571,13 +571,7 @@ impl SipTask {
                 let answer = SessionDescription::parse(offer).and_then(|sd| sdp::answer(&sd, &local));
                 match answer {
                     Ok((n, body)) => (Some(n), body),
-                    Err(e) => {
-                        let reason = match e.status() {
-                            488 => format!("Not Acceptable Here: {e}"),
-                            _ => format!("Bad Request: {e}"),
-                        };
-                        return self.refuse_call(call, row, Rejection::new(e.status(), reason));
-                    }
+                    Err(e) => return self.refuse_call(call, row, e.rejection()),
                 }
             }
             None => (None, sdp::offer(&local)),
@@ -607,6 +601,7 @@ impl SipTask {
             limits: CallLimits {
                 max_duration: Duration::from_secs(self.settings.raw.limits.max_call_seconds),
                 rtp_timeout: Duration::from_secs(self.settings.raw.rtp.timeout_seconds),
+                hold_timeout: Duration::from_secs(self.settings.raw.rtp.hold_timeout_seconds),
             },
             events: events_rx,
             commands: self.cmd_tx.clone(),

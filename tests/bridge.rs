@@ -93,6 +93,7 @@ async fn env(knobs: AgentKnobs, with_clone: bool) -> Env {
                         remove_background_noise: false,
                         data_dir,
                         request_timeout: SEC * 5,
+                        orphan_grace: Duration::from_secs(900),
                     },
                 )
             })

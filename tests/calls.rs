@@ -363,6 +363,7 @@ async fn a_mapped_caller_ends_cloned_and_an_unmapped_one_unmapped() {
                 remove_background_noise: false,
                 data_dir,
                 request_timeout: SEC * 5,
+                orphan_grace: Duration::from_secs(900),
             },
         ))
     })

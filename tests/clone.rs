@@ -34,6 +34,18 @@ fn client(sim: &Simulator, key: &str) -> Client {
 }
 
 fn service(store: &Store, sink: &RecordSink, client: Client, dir: &Path, max_wait: Duration) -> CloneService {
+    service_with(store, sink, client, dir, max_wait, Duration::from_secs(10), Duration::from_secs(900))
+}
+
+fn service_with(
+    store: &Store,
+    sink: &RecordSink,
+    client: Client,
+    dir: &Path,
+    max_wait: Duration,
+    request_timeout: Duration,
+    orphan_grace: Duration,
+) -> CloneService {
     CloneService::new(
         store.clone(),
         client,
@@ -44,7 +56,8 @@ fn service(store: &Store, sink: &RecordSink, client: Client, dir: &Path, max_wai
             default_voice_id: DEFAULT_VOICE.into(),
             remove_background_noise: false,
             data_dir: dir.to_path_buf(),
-            request_timeout: Duration::from_secs(10),
+            request_timeout,
+            orphan_grace,
         },
     )
 }
@@ -117,7 +130,11 @@ async fn clones_once_then_hits_the_cache_and_records_everything() {
         "{:?}",
         q.files
     );
-    assert_eq!(q.labels.as_deref(), Some(r#"{"accent":"british"}"#));
+    assert_eq!(
+        q.labels.as_deref(),
+        Some(r#"{"accent":"british","created_by":"precall"}"#),
+        "the mapping's labels, plus precall's own"
+    );
     assert_eq!(q.remove_background_noise.as_deref(), Some("false"));
     assert!(q.description.is_some());
     assert!(q.other_parts.is_empty(), "{:?}", q.other_parts);
@@ -369,6 +386,110 @@ async fn a_hung_clone_times_out_and_a_slow_one_fills_the_cache_later() {
         "the clone finished in the background for the next call"
     );
     assert_eq!(e.sim.requests().len(), 1);
+}
+
+/// Issue 13 #3: ElevenLabs answering a clone after longer than
+/// `elevenlabs.request_timeout_seconds` (1 s here) and after the call's
+/// `max_wait` (0.5 s). The clone request runs on its own timeout, survives the
+/// call, records one outcome (`timeout` on the call and in
+/// `clone_failed_events`), fills the cache for the next call, and the voice it
+/// made is labelled as precall's.
+#[tokio::test]
+async fn a_clone_slower_than_the_request_timeout_is_kept_and_cached() {
+    let e = env(Duration::from_millis(500)).await;
+    map(&e, "+15551234567", 1).await;
+    e.sim.set_knobs(Knobs {
+        clone_latency: Duration::from_millis(2500),
+        ..Knobs::default()
+    });
+    let short_requests = Client::new(ClientConfig {
+        base_url: e.sim.base_url(),
+        api_key: KEY.into(),
+        max_concurrent_requests: 4,
+        request_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let service = service_with(
+        &e.store,
+        &e.sink,
+        short_requests,
+        e.dir.path(),
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+        Duration::from_secs(900),
+    );
+    let r = service.resolve("slow-call", Some("+15551234567"), Instant::now()).await;
+    assert_eq!((&r.outcome, r.voice_id.as_str()), (&Outcome::Timeout, DEFAULT_VOICE));
+    // The call is over; the clone goes on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.store.cached_voice_any("+15551234567").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the slow clone never reached the cache");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let next = service.resolve("next-call", Some("+15551234567"), Instant::now()).await;
+    assert_eq!(next.outcome, Outcome::CacheHit);
+    assert_ne!(next.voice_id, DEFAULT_VOICE);
+    assert_eq!(e.sim.requests().len(), 1, "one request, not abandoned and retried");
+    assert_eq!(e.sim.voice_ids(), vec![next.voice_id.clone()], "no other voice was left behind");
+    let labels: serde_json::Value = serde_json::from_str(e.sim.requests()[0].labels.as_deref().unwrap()).unwrap();
+    assert_eq!(labels["created_by"], "precall", "{labels}");
+    assert!(e.sink.flush(Duration::from_secs(5)).await);
+    let events = e.store.clone_events("slow-call").await.unwrap();
+    assert!(
+        matches!(&events[..], [CloneEvent::Failed { reason, .. }] if reason == r.outcome.as_str()),
+        "the call's outcome and the event agree: {events:?}"
+    );
+    let attempts = e.store.clone_attempts("+15551234567").await.unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].http_status, Some(200));
+    assert_eq!(attempts[0].voice_id.as_deref(), Some(next.voice_id.as_str()));
+}
+
+/// Leaks are impossible by design: a labelled voice that no cache row names
+/// (a request given up on, a cache write that failed) is deleted once older
+/// than the grace period; cached voices and the account's other voices stay.
+#[tokio::test]
+async fn the_orphan_sweeper_deletes_only_precalls_uncached_voices() {
+    let e = env(Duration::from_secs(5)).await;
+    map(&e, "+15551234567", 1).await;
+    let cached = e.service.resolve("a", Some("+15551234567"), Instant::now()).await;
+    assert_eq!(cached.outcome, Outcome::Cloned);
+    let api = client(&e.sim, KEY);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sample = SampleFile {
+        filename: "s.wav".into(),
+        content_type: "audio/wav".into(),
+        bytes: vec![1; 100],
+    };
+    let add = |labels: serde_json::Value| AddVoice {
+        name: "x".into(),
+        files: vec![sample.clone()],
+        description: None,
+        labels,
+        remove_background_noise: false,
+    };
+    let orphan = api
+        .add_voice(&add(serde_json::json!({"created_by": "precall"})), deadline)
+        .await
+        .unwrap();
+    let foreign = api.add_voice(&add(serde_json::json!({"accent": "british"})), deadline).await.unwrap();
+    // Within the grace period nothing is touched.
+    assert_eq!(e.service.sweep_orphans().await.unwrap(), 0);
+    let eager = service_with(
+        &e.store,
+        &e.sink,
+        client(&e.sim, KEY),
+        e.dir.path(),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+        Duration::ZERO,
+    );
+    assert_eq!(eager.sweep_orphans().await.unwrap(), 1);
+    assert_eq!(e.sim.deleted(), vec![orphan.voice_id]);
+    let mut left = vec![cached.voice_id, foreign.voice_id];
+    left.sort();
+    assert_eq!(e.sim.voice_ids(), left);
+    assert_eq!(eager.sweep_orphans().await.unwrap(), 0, "idempotent");
 }
 
 #[tokio::test]

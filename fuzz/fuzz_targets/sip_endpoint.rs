@@ -167,6 +167,7 @@ impl Sim {
         let limits = CallLimits {
             max_duration: Duration::from_secs(3600),
             rtp_timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(300),
         };
         match ev {
             SipEvent::Invite { call, request, .. } => {

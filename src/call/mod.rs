@@ -19,6 +19,8 @@ pub struct CallLimits {
     pub max_duration: Duration,
     /// No caller RTP for this long ends the call (`rtp.timeout_seconds`).
     pub rtp_timeout: Duration,
+    /// The same while the caller holds the call (`rtp.hold_timeout_seconds`).
+    pub hold_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,11 +226,12 @@ impl Call {
             CallInput::Shutdown => self.hangup(EndReason::Shutdown),
             CallInput::End(reason) => self.hangup(reason),
             CallInput::Direction { we_send, caller_sends } => {
-                self.we_send = we_send;
-                if caller_sends && !self.caller_sends {
-                    // Coming off an inactive hold: give the caller a fresh window.
+                if self.on_hold() != (!we_send || !caller_sends) {
+                    // Going on or coming off hold: the caller gets a fresh window
+                    // under the timeout that now applies.
                     self.last_rtp = Some(now);
                 }
+                self.we_send = we_send;
                 self.caller_sends = caller_sends;
             }
         }
@@ -250,12 +253,21 @@ impl Call {
         Some(rtp.map_or(max, |r| r.min(max)))
     }
 
+    /// On hold the caller has said (by direction) that one side of the media is
+    /// off: a `sendonly` hold often means silence from a phone too, so the
+    /// longer hold timeout applies instead of the RTP timeout.
+    fn on_hold(&self) -> bool {
+        !self.we_send || !self.caller_sends
+    }
+
     fn rtp_deadline(&self) -> Option<Instant> {
-        if !self.caller_sends {
-            return None;
-        }
         let since = self.last_rtp.or(self.media_started)?;
-        Some(crate::deadline::after(since, self.limits.rtp_timeout))
+        let timeout = if self.on_hold() {
+            self.limits.hold_timeout
+        } else {
+            self.limits.rtp_timeout
+        };
+        Some(crate::deadline::after(since, timeout))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -309,6 +321,7 @@ mod tests {
         CallLimits {
             max_duration: Duration::from_secs(3600),
             rtp_timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(300),
         }
     }
 
@@ -388,33 +401,39 @@ mod tests {
     }
 
     #[test]
-    fn inactive_hold_suspends_the_rtp_timeout() {
+    fn hold_swaps_the_rtp_timeout_for_the_hold_timeout() {
         let t0 = Instant::now();
-        let mut c = Call::new(t0, limits());
-        c.handle(t0, CallInput::Answered);
-        c.handle(t0, CallInput::Confirmed);
-        c.handle(
-            t0 + Duration::from_secs(1),
-            CallInput::Direction {
-                we_send: false,
-                caller_sends: false,
-            },
-        );
-        assert!(!c.sending());
-        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(3600)));
-        c.handle_timeout(t0 + Duration::from_secs(600));
-        drain(&mut c);
-        assert_eq!(c.state(), CallState::Greeting);
-        let resume = t0 + Duration::from_secs(600);
-        c.handle(
-            resume,
-            CallInput::Direction {
-                we_send: true,
-                caller_sends: true,
-            },
-        );
-        assert!(c.sending());
-        assert_eq!(c.poll_timeout(), Some(resume + Duration::from_secs(60)));
+        // sendonly from the caller (we stop sending) and inactive both hold.
+        for (we_send, caller_sends) in [(false, true), (false, false), (true, false)] {
+            let mut c = Call::new(t0, limits());
+            c.handle(t0, CallInput::Answered);
+            c.handle(t0, CallInput::Confirmed);
+            let hold = t0 + Duration::from_secs(1);
+            c.handle(hold, CallInput::Direction { we_send, caller_sends });
+            assert_eq!(c.sending(), we_send);
+            assert_eq!(c.poll_timeout(), Some(hold + Duration::from_secs(300)));
+            // 90 s of silence on hold: the call stays up.
+            c.handle_timeout(hold + Duration::from_secs(90));
+            assert!(drain(&mut c).iter().all(|a| !matches!(a, CallAction::Hangup(_))));
+            assert_eq!(c.state(), CallState::Greeting);
+            // Back from hold: a fresh window under the RTP timeout.
+            let resume = t0 + Duration::from_secs(200);
+            c.handle(
+                resume,
+                CallInput::Direction {
+                    we_send: true,
+                    caller_sends: true,
+                },
+            );
+            assert!(c.sending());
+            assert_eq!(c.poll_timeout(), Some(resume + Duration::from_secs(60)));
+            // A hold that outlasts the hold timeout ends the call as an RTP timeout.
+            let mut c = Call::new(t0, limits());
+            c.handle(t0, CallInput::Answered);
+            c.handle(t0, CallInput::Direction { we_send, caller_sends });
+            c.handle_timeout(t0 + Duration::from_secs(300));
+            assert!(drain(&mut c).contains(&CallAction::Hangup(EndReason::RtpTimeout)));
+        }
     }
 
     #[test]
@@ -423,6 +442,7 @@ mod tests {
         let short = CallLimits {
             max_duration: Duration::from_secs(10),
             rtp_timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(300),
         };
         let mut c = Call::new(t0, short);
         c.handle(t0, CallInput::Answered);

@@ -20,6 +20,7 @@ use crate::media::dtmf::DtmfReceiver;
 use crate::media::prompt::Player;
 use crate::media::prompt::Prompt;
 use crate::media::rtp::RtpPacket;
+use crate::media::quality;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
 use crate::media::wire::WireCodec;
 use crate::sip::endpoint::{CallKey, ReferProgress};
@@ -217,10 +218,16 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         row.rtp_in_lost = Some(stats.lost as i64);
         row.rtp_in_max_jitter_us = Some((stats.max_jitter_ms * 1000.0).round() as i64);
         row.rtp_out_packets = Some(media.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
+        let codec = if ctx.negotiated.is_some_and(|n| n.opus) { quality::OPUS } else { quality::G711 };
+        if let Some(mos) = quality::estimate(&stats, codec) {
+            row.rtp_in_mos_x100 = Some((mos * 100.0).round() as i64);
+            metrics::histogram!("precall_call_mos").record(mos);
+        }
     }
     if let EndReason::AgentError(code) = reason {
         row.end_status = Some(i64::from(code));
     }
+    let row_mos = row.rtp_in_mos_x100.map(|m| m as f64 / 100.0);
     ctx.records.submit(Record::Call(Box::new(row)));
     let bridge = media.agent.as_ref().and_then(AgentLink::bridge_stats).unwrap_or_default();
     metrics::counter!("precall_calls_total", "protocol" => "sip", "reason" => reason.as_str().to_owned()).increment(1);
@@ -245,6 +252,8 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         rtp_in_malformed = stats.malformed,
         rtp_in_ignored = media.ignored,
         rtp_in_ssrc_changes = stats.ssrc_changes,
+        rtp_in_resyncs = stats.resyncs,
+        mos = row_mos,
         rtp_in_max_jitter_ms = format!("{:.1}", stats.max_jitter_ms),
         dtmf = %media.digits,
         agent_frames_out = bridge.frames_from_agent,
@@ -635,8 +644,8 @@ fn reoffer(ctx: &mut CallContext, body: &[u8]) -> Result<(Negotiated, String), R
             .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
         return Ok((n, sdp::offer(&ctx.local)));
     }
-    let sd = SessionDescription::parse(body).map_err(|e| Rejection::new(e.status(), format!("Bad SDP: {e}")))?;
-    let (n, answer) = sdp::answer(&sd, &ctx.local).map_err(|e| Rejection::new(e.status(), format!("Not Acceptable Here: {e}")))?;
+    let sd = SessionDescription::parse(body).map_err(|e| e.rejection())?;
+    let (n, answer) = sdp::answer(&sd, &ctx.local).map_err(|e| e.rejection())?;
     ctx.negotiated = Some(n);
     Ok((n, answer))
 }

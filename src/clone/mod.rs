@@ -3,8 +3,17 @@
 //! deadline, or the default voice after it.
 //!
 //! The call never waits on anything but [`CloneService::resolve`]'s deadline. The
-//! clone request itself belongs to a task of its own, so a clone that finishes
-//! after the deadline still fills the cache for the caller's next call.
+//! clone request itself belongs to a task of its own with its own, longer
+//! timeout (`clone.request_timeout_seconds`), so a clone that finishes after the
+//! call's deadline, or after the call has ended, still fills the cache for the
+//! caller's next call.
+//!
+//! Voice slots are scarce and a voice nobody remembers is never freed, so leaks
+//! are prevented by design rather than by care: every voice precall creates is
+//! labelled `created_by: precall`, and [`CloneService::sweep_orphans`] deletes
+//! labelled voices that no cache row names once they are older than
+//! `clone.orphan_grace_seconds` (a request that timed out on our side, a cache
+//! write that failed, a delete that failed, a node that died mid-clone).
 
 mod metrics;
 
@@ -17,7 +26,7 @@ use tokio::sync::watch;
 
 pub use metrics::CloneMetrics;
 
-use crate::elevenlabs::rest::{AddVoice, ApiError, Client, SampleFile};
+use crate::elevenlabs::rest::{AddVoice, ApiError, CREATED_BY_LABEL, Client, SampleFile};
 use crate::store::records::{CloneAttempt, CloneEvent, new_id};
 use crate::store::writer::RecordSink;
 use crate::store::{CachedVoice, CallerMapping, Record, Store, now_ms};
@@ -32,8 +41,13 @@ pub struct CloneConfig {
     pub remove_background_noise: bool,
     /// Where the mapping's sample paths are rooted.
     pub data_dir: PathBuf,
-    /// Upper bound for one HTTP attempt; a clone may outlive the call's deadline.
+    /// How long the clone request itself may take, retries included
+    /// (`clone.request_timeout_seconds`): longer than `max_wait`, so a slow clone
+    /// is not abandoned when the call stops waiting for it.
     pub request_timeout: Duration,
+    /// A labelled voice without a cache row older than this is an orphan
+    /// (`clone.orphan_grace_seconds`).
+    pub orphan_grace: Duration,
 }
 
 /// How a call got its voice; the strings go to `call_log.clone_outcome`.
@@ -76,6 +90,19 @@ pub fn record_metrics(r: &Resolution) {
     ::metrics::histogram!("precall_clone_wait_seconds").record(r.waited.as_secs_f64());
 }
 
+/// The one word for a clone that did not finish in time, on the call record
+/// (`clone_outcome`) and in `clone_failed_events.reason` alike.
+const TIMEOUT: &str = "timeout";
+
+/// Why an orphan sweep could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("cannot list the account's voices: {0}")]
+    Api(ApiError),
+    #[error("cannot read the clone cache: {0}")]
+    Store(crate::store::StoreError),
+}
+
 /// What a finished clone task reports to everyone waiting on it.
 type Shared = Option<Result<(String, bool), String>>;
 
@@ -92,6 +119,8 @@ struct Inner {
     config: CloneConfig,
     inflight: Mutex<HashMap<String, watch::Receiver<Shared>>>,
     metrics: CloneMetrics,
+    /// When the orphan sweeper first saw a voice without a creation time (unix s).
+    first_seen: Mutex<HashMap<String, i64>>,
 }
 
 impl CloneService {
@@ -104,6 +133,7 @@ impl CloneService {
                 config,
                 inflight: Mutex::new(HashMap::new()),
                 metrics: CloneMetrics::default(),
+                first_seen: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -148,7 +178,7 @@ impl CloneService {
             Ok(Err(e)) => tracing::warn!(caller, error = %e, "cannot read the clone cache; cloning anyway"),
             Err(_) => return self.timed_out(call_id, caller, started),
         }
-        let mut rx = self.join_or_start(mapping, deadline);
+        let mut rx = self.join_or_start(mapping);
         let waited = async {
             loop {
                 if let Some(result) = rx.borrow_and_update().clone() {
@@ -162,13 +192,18 @@ impl CloneService {
         match tokio::time::timeout_at(deadline.into(), waited).await {
             Ok(Ok((voice_id, true))) => self.ready(call_id, caller, voice_id, Outcome::Cloned, started),
             Ok(Ok((voice_id, false))) => self.ready(call_id, caller, voice_id, Outcome::CacheHit, started),
+            // A timeout is a timeout wherever it happened: one word on the call
+            // record and in `clone_failed_events`.
+            Ok(Err(reason)) if reason == TIMEOUT => self.timed_out(call_id, caller, started),
             Ok(Err(reason)) => self.failed(call_id, caller, &reason, started),
             Err(_) => self.timed_out(call_id, caller, started),
         }
     }
 
-    /// Joins the clone in flight for this caller, or starts one.
-    fn join_or_start(&self, mapping: CallerMapping, deadline: Instant) -> watch::Receiver<Shared> {
+    /// Joins the clone in flight for this caller, or starts one. The clone runs
+    /// on its own clock (`request_timeout`), not the call's: its result is for
+    /// the cache as much as for this call.
+    fn join_or_start(&self, mapping: CallerMapping) -> watch::Receiver<Shared> {
         let mut inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = inflight.get(&mapping.caller_id) {
             return rx.clone();
@@ -176,6 +211,7 @@ impl CloneService {
         let (tx, rx) = watch::channel(None);
         inflight.insert(mapping.caller_id.clone(), rx.clone());
         let service = self.clone();
+        let deadline = crate::deadline::after(Instant::now(), self.inner.config.request_timeout);
         tokio::spawn(async move {
             let caller = mapping.caller_id.clone();
             let result = service.clone_across_nodes(mapping, deadline).await;
@@ -204,7 +240,7 @@ impl CloneService {
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            return Err("deadline".into());
+            return Err(TIMEOUT.into());
         }
         // The lock holder re-checks: another node may have just finished.
         if let Ok(Some(hit)) = store.cached_voice(&mapping.caller_id, &mapping.sample_hash, now_ms()).await {
@@ -234,6 +270,8 @@ impl CloneService {
                 bytes,
             });
         }
+        let mut labels = mapping.labels.as_object().cloned().unwrap_or_default();
+        labels.insert(CREATED_BY_LABEL.0.into(), CREATED_BY_LABEL.1.into());
         let request = AddVoice {
             name: mapping
                 .display_name
@@ -241,7 +279,7 @@ impl CloneService {
                 .unwrap_or_else(|| format!("precall {}", mapping.caller_id)),
             files,
             description: Some(format!("Cloned by precall for caller {}", mapping.caller_id)),
-            labels: mapping.labels.clone(),
+            labels: serde_json::Value::Object(labels),
             remove_background_noise: inner.config.remove_background_noise,
         };
         let started = Instant::now();
@@ -249,10 +287,7 @@ impl CloneService {
             .client
             .with_retry(deadline, || async {
                 let attempt_started = (Instant::now(), now_ms());
-                let r = inner
-                    .client
-                    .add_voice(&request, Instant::now() + inner.config.request_timeout)
-                    .await;
+                let r = inner.client.add_voice(&request, deadline).await;
                 self.log_attempt(&mapping.caller_id, attempt_started, &r);
                 r
             })
@@ -329,8 +364,8 @@ impl CloneService {
     }
 
     fn timed_out(&self, call_id: &str, caller: &str, started: Instant) -> Resolution {
-        self.record_failure(call_id, caller, "deadline", started);
-        self.inner.metrics.failure("deadline");
+        self.record_failure(call_id, caller, TIMEOUT, started);
+        self.inner.metrics.failure(TIMEOUT);
         self.fallback(Outcome::Timeout, started, Some(caller))
     }
 
@@ -395,7 +430,43 @@ impl CloneService {
         Ok(removed)
     }
 
-    /// Runs [`Self::sweep_expired`] every `every` until the runtime stops.
+    /// Deletes precall's orphaned voices at ElevenLabs: labelled
+    /// `created_by: precall`, named by no cache row, and older than
+    /// `orphan_grace` (so a clone that is about to write its cache row is left
+    /// alone). Voices without a creation time are judged from when this sweeper
+    /// first saw them. Returns how many were deleted.
+    pub async fn sweep_orphans(&self) -> Result<usize, SweepError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let voices = inner.client.list_voices(deadline).await.map_err(SweepError::Api)?;
+        let now_secs = now_ms() / 1000;
+        let grace = inner.config.orphan_grace.as_secs() as i64;
+        let mut deleted = 0;
+        let mut seen = inner.first_seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let listed: std::collections::HashSet<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
+        seen.retain(|id, _| listed.contains(id.as_str()));
+        for voice in voices.iter().filter(|v| v.is_precalls()) {
+            let created = match voice.created_at_unix {
+                Some(t) => t,
+                None => *seen.entry(voice.voice_id.clone()).or_insert(now_secs),
+            };
+            if now_secs.saturating_sub(created) < grace {
+                continue;
+            }
+            if inner.store.voice_is_cached(&voice.voice_id).await.map_err(SweepError::Store)? {
+                continue;
+            }
+            tracing::warn!(voice = %voice.voice_id, name = ?voice.name, "deleting an orphaned precall voice (no cache row)");
+            self.delete_at_elevenlabs(&voice.voice_id).await;
+            ::metrics::counter!("precall_clone_orphans_deleted_total").increment(1);
+            deleted += 1;
+        }
+        *inner.first_seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        Ok(deleted)
+    }
+
+    /// Runs [`Self::sweep_expired`] and [`Self::sweep_orphans`] every `every`
+    /// until the runtime stops.
     pub fn spawn_sweeper(&self, every: Duration) {
         let service = self.clone();
         tokio::spawn(async move {
@@ -406,6 +477,11 @@ impl CloneService {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "expired voice clones deleted"),
                     Err(e) => tracing::warn!(error = %e, "expired-clone sweep failed; will retry"),
+                }
+                match service.sweep_orphans().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "orphaned voice clones deleted"),
+                    Err(e) => tracing::warn!(error = %e, "orphan sweep failed; will retry"),
                 }
             }
         });

@@ -107,6 +107,32 @@ pub struct Voice {
     pub name: Option<String>,
     #[serde(default)]
     pub category: Option<String>,
+    /// Free-form labels; precall marks its own clones with [`CREATED_BY_LABEL`].
+    #[serde(default)]
+    pub labels: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub created_at_unix: Option<i64>,
+}
+
+/// The label precall puts on every voice it creates (`{"created_by": "precall"}`),
+/// so that the orphan sweeper can tell its clones from the account's other voices.
+pub const CREATED_BY_LABEL: (&str, &str) = ("created_by", "precall");
+
+impl Voice {
+    /// Made by precall (carries [`CREATED_BY_LABEL`]).
+    pub fn is_precalls(&self) -> bool {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.get(CREATED_BY_LABEL.0))
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| v == CREATED_BY_LABEL.1)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct VoiceList {
+    #[serde(default)]
+    voices: Vec<Voice>,
 }
 
 /// TTS output formats precall asks for.
@@ -164,7 +190,9 @@ impl Client {
         &self.base
     }
 
-    /// `POST /v1/voices/add` (one attempt).
+    /// `POST /v1/voices/add` (one attempt), allowed to run until `deadline`
+    /// however long that is: a clone can take ElevenLabs a minute, and a request
+    /// given up on creates the voice anyway (only without telling us its id).
     pub async fn add_voice(&self, req: &AddVoice, deadline: Instant) -> Result<VoiceCreated, ApiError> {
         let mut form = Form::new().text("name", req.name.clone());
         for f in &req.files {
@@ -189,7 +217,7 @@ impl Client {
             .post(format!("{}/v1/voices/add", self.base))
             .header("xi-api-key", &self.key)
             .multipart(form);
-        let body = self.send(request, deadline).await?;
+        let body = self.send_until(request, deadline).await?;
         let created: VoiceCreated = serde_json::from_slice(&body).map_err(|e| ApiError::Body(e.to_string()))?;
         if created.requires_verification {
             return Err(ApiError::RequiresVerification);
@@ -205,6 +233,18 @@ impl Client {
             .header("xi-api-key", &self.key);
         let body = self.send(request, deadline).await?;
         serde_json::from_slice(&body).map_err(|e| ApiError::Body(e.to_string()))
+    }
+
+    /// `GET /v1/voices`: the account's voices (premade and its own).
+    pub async fn list_voices(&self, deadline: Instant) -> Result<Vec<Voice>, ApiError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/voices", self.base))
+            .header("xi-api-key", &self.key);
+        let body = self.send(request, deadline).await?;
+        serde_json::from_slice::<VoiceList>(&body)
+            .map(|l| l.voices)
+            .map_err(|e| ApiError::Body(e.to_string()))
     }
 
     /// `GET /v1/convai/conversation/get-signed-url`: a single-session WebSocket
@@ -276,9 +316,15 @@ impl Client {
         }
     }
 
+    /// One request, capped by `deadline` and `elevenlabs.request_timeout_seconds`.
     async fn send(&self, request: reqwest::RequestBuilder, deadline: Instant) -> Result<Vec<u8>, ApiError> {
-        let left = deadline.checked_duration_since(Instant::now()).ok_or(ApiError::Timeout)?;
-        let timeout = left.min(self.request_timeout);
+        let capped = crate::deadline::after(Instant::now(), self.request_timeout).min(deadline);
+        self.send_until(request, capped).await
+    }
+
+    /// One request, capped by `deadline` only.
+    async fn send_until(&self, request: reqwest::RequestBuilder, deadline: Instant) -> Result<Vec<u8>, ApiError> {
+        let timeout = deadline.checked_duration_since(Instant::now()).ok_or(ApiError::Timeout)?;
         let work = async {
             let _permit = self
                 .limit

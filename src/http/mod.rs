@@ -76,6 +76,14 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+                // Per-call MOS: the bands operators use (bad < 3.1 < poor < 3.6 <
+                // fair < 4.0 < good < 4.3 < best).
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("precall_call_mos".into()),
+                        &[1.0, 2.0, 2.6, 3.1, 3.6, 4.0, 4.3, 4.5],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

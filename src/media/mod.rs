@@ -8,6 +8,8 @@ pub mod jitter;
 #[cfg(feature = "opus")]
 pub mod opus;
 pub mod prompt;
+pub mod quality;
+pub mod receiver;
 pub mod resample;
 pub mod rtp;
 pub mod session;

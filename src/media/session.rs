@@ -1,4 +1,5 @@
-//! One call's RTP timeline: the paced sender and the receiver's statistics.
+//! One call's RTP timeline: the paced sender and the source latch (the
+//! receiver's statistics are in [`super::receiver`]).
 //!
 //! Both are plain state machines on injected time. The sender schedules frame `n`
 //! at `start + n·20 ms` (never `sleep(20ms)`, which drifts), so the wall clock,
@@ -8,7 +9,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::rtp::{HEADER_LEN, RtpError, RtpHeader, RtpPacket};
+use super::rtp::{HEADER_LEN, RtpHeader};
+// The receiver lives in its own module; re-exported where callers found it.
+pub use super::receiver::{RtpReceiver, RtpStats};
 
 /// Packetisation interval.
 pub const FRAME: Duration = Duration::from_millis(20);
@@ -132,147 +135,6 @@ impl RtpSender {
     pub fn skip_one(&mut self) {
         self.next_frame += 1;
         self.marker = true;
-    }
-}
-
-/// What the receiver counted, logged at call end.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct RtpStats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub expected: u64,
-    pub lost: u64,
-    pub malformed: u64,
-    pub ssrc_changes: u32,
-    pub max_jitter_ms: f64,
-}
-
-/// The receiving half: validates packets and keeps RFC 3550 statistics (extended
-/// sequence numbers §A.1, interarrival jitter §A.8) per SSRC, restarting cleanly
-/// when the SSRC changes (a PBX re-routing media, a transfer).
-#[derive(Debug, Clone)]
-pub struct RtpReceiver {
-    clock_rate: f64,
-    epoch: Instant,
-    ssrc: Option<u32>,
-    base_seq: u32,
-    max_seq: u16,
-    cycles: u32,
-    received_this_ssrc: u64,
-    expected_before: u64,
-    received_before: u64,
-    last_transit: Option<f64>,
-    jitter: f64,
-    stats: RtpStats,
-    last_packet: Option<Instant>,
-}
-
-impl RtpReceiver {
-    pub fn new(clock_rate: u32, epoch: Instant) -> Self {
-        RtpReceiver {
-            clock_rate: f64::from(clock_rate),
-            epoch,
-            ssrc: None,
-            base_seq: 0,
-            max_seq: 0,
-            cycles: 0,
-            received_this_ssrc: 0,
-            expected_before: 0,
-            received_before: 0,
-            last_transit: None,
-            jitter: 0.0,
-            stats: RtpStats::default(),
-            last_packet: None,
-        }
-    }
-
-    /// Accounts for one datagram; malformed ones are counted and returned as errors.
-    pub fn on_datagram<'a>(&mut self, now: Instant, data: &'a [u8]) -> Result<RtpPacket<'a>, RtpError> {
-        match RtpPacket::parse(data) {
-            Ok(packet) => {
-                self.on_packet(now, &packet);
-                Ok(packet)
-            }
-            Err(e) => {
-                self.stats.malformed += 1;
-                Err(e)
-            }
-        }
-    }
-
-    /// Accounts for a packet the caller has already parsed (the hot path parses
-    /// each datagram once).
-    pub fn on_packet(&mut self, now: Instant, packet: &RtpPacket<'_>) {
-        let h = packet.header;
-        if self.ssrc != Some(h.ssrc) {
-            if self.ssrc.is_some() {
-                self.stats.ssrc_changes += 1;
-                self.expected_before += self.expected_this_ssrc();
-                self.received_before += self.received_this_ssrc;
-            }
-            self.ssrc = Some(h.ssrc);
-            self.base_seq = u32::from(h.sequence);
-            self.max_seq = h.sequence;
-            self.cycles = 0;
-            self.received_this_ssrc = 0;
-            self.last_transit = None;
-        } else {
-            let delta = h.sequence.wrapping_sub(self.max_seq);
-            if delta != 0 && delta < 0x8000 {
-                if h.sequence < self.max_seq {
-                    self.cycles += 1 << 16;
-                }
-                self.max_seq = h.sequence;
-            }
-        }
-        self.received_this_ssrc += 1;
-        self.stats.packets += 1;
-        self.stats.bytes += packet.payload.len() as u64;
-        // Interarrival jitter in timestamp units (§A.8).
-        let arrival = now.duration_since(self.epoch).as_secs_f64() * self.clock_rate;
-        let transit = arrival - f64::from(h.timestamp);
-        if let Some(last) = self.last_transit {
-            let mut d = transit - last;
-            // Timestamps wrap at 2^32; a wrap shows up as a huge transit step.
-            if d.abs() > 2f64.powi(31) {
-                d -= 2f64.powi(32) * d.signum();
-            }
-            self.jitter += (d.abs() - self.jitter) / 16.0;
-            let ms = self.jitter / self.clock_rate * 1000.0;
-            if ms > self.stats.max_jitter_ms {
-                self.stats.max_jitter_ms = ms;
-            }
-        }
-        self.last_transit = Some(transit);
-        self.last_packet = Some(now);
-    }
-
-    fn expected_this_ssrc(&self) -> u64 {
-        if self.ssrc.is_none() {
-            return 0;
-        }
-        let extended_max = u64::from(self.cycles) + u64::from(self.max_seq);
-        (extended_max + 1).saturating_sub(u64::from(self.base_seq))
-    }
-
-    /// Counts a datagram that is not RTP.
-    pub fn count_malformed(&mut self) {
-        self.stats.malformed += 1;
-    }
-
-    /// When the last valid packet arrived (for the RTP timeout).
-    pub fn last_packet(&self) -> Option<Instant> {
-        self.last_packet
-    }
-
-    pub fn stats(&self) -> RtpStats {
-        let expected = self.expected_before + self.expected_this_ssrc();
-        let received = self.received_before + self.received_this_ssrc;
-        RtpStats {
-            expected,
-            lost: expected.saturating_sub(received),
-            ..self.stats
-        }
     }
 }
 
@@ -413,6 +275,7 @@ fn behind_nat(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::rtp::RtpPacket;
 
     #[test]
     fn sender_follows_the_media_clock() {
@@ -455,48 +318,6 @@ mod tests {
         assert!(h.marker);
         assert_eq!(h.sequence, 1, "sequence counts packets sent, without gaps");
         assert_eq!(h.timestamp, (1 + skipped as u32) * 160, "timestamp follows the clock");
-    }
-
-    fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
-        let mut buf = vec![0u8; 12 + 160];
-        RtpHeader {
-            marker: false,
-            payload_type: 0,
-            sequence: seq,
-            timestamp: ts,
-            ssrc,
-        }
-        .write(&mut buf)
-        .unwrap();
-        buf
-    }
-
-    #[test]
-    fn receiver_counts_loss_reordering_wrap_and_ssrc_change() {
-        let t0 = Instant::now();
-        let mut r = RtpReceiver::new(8000, t0);
-        let mut now = t0;
-        // 65530..=65535, 0..=9 with 3 lost and one reordered.
-        let mut seqs: Vec<u16> = (65530..=65535).chain(0..10).filter(|s| ![65533, 2, 7].contains(s)).collect();
-        seqs.swap(4, 5);
-        for (i, s) in seqs.iter().enumerate() {
-            now += FRAME;
-            r.on_datagram(now, &packet(*s, 160 * i as u32, 7)).unwrap();
-        }
-        let st = r.stats();
-        assert_eq!(st.expected, 16);
-        assert_eq!(st.lost, 3);
-        assert_eq!(st.packets, 13);
-        // A new SSRC restarts sequence tracking.
-        for s in 100..110u16 {
-            now += FRAME;
-            r.on_datagram(now, &packet(s, u32::from(s) * 160, 8)).unwrap();
-        }
-        let st = r.stats();
-        assert_eq!((st.expected, st.lost, st.ssrc_changes), (26, 3, 1));
-        assert!(r.on_datagram(now, &[1, 2, 3]).is_err());
-        assert_eq!(r.stats().malformed, 1);
-        assert_eq!(r.last_packet(), Some(now));
     }
 
     fn h(seq: u16, ssrc: u32) -> RtpHeader {
@@ -606,21 +427,5 @@ mod tests {
             assert_eq!(l.on_packet(t0, other, &h(seq, 1), true), Latch::Ignore);
         }
         assert_eq!(l.on_packet(t0, caller, &h(1, 1), true), Latch::Accept { send_to: caller });
-    }
-
-    #[test]
-    fn jitter_reflects_arrival_variation() {
-        let t0 = Instant::now();
-        let mut steady = RtpReceiver::new(8000, t0);
-        let mut jittery = RtpReceiver::new(8000, t0);
-        for i in 0..100u32 {
-            let at = t0 + FRAME * i;
-            steady.on_datagram(at, &packet(i as u16, i * 160, 1)).unwrap();
-            let wobble = if i % 2 == 0 { Duration::ZERO } else { Duration::from_millis(10) };
-            jittery.on_datagram(at + wobble, &packet(i as u16, i * 160, 1)).unwrap();
-        }
-        assert!(steady.stats().max_jitter_ms < 0.01);
-        let j = jittery.stats().max_jitter_ms;
-        assert!(j > 5.0 && j < 10.5, "jitter {j}");
     }
 }

@@ -67,11 +67,19 @@ pub struct AddRequest {
     pub other_parts: Vec<String>,
 }
 
+/// A voice in the simulated account.
+#[derive(Debug, Clone)]
+struct SimVoice {
+    name: String,
+    labels: serde_json::Value,
+    created_at_unix: i64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     knobs: Knobs,
     failures_done: u32,
-    voices: HashMap<String, String>,
+    voices: HashMap<String, SimVoice>,
     requests: VecDeque<AddRequest>,
     deleted: VecDeque<String>,
     next: u64,
@@ -118,6 +126,7 @@ impl Simulator {
             addr: Mutex::new(None),
         });
         let app = Router::new()
+            .route("/v1/voices", get(list_voices))
             .route("/v1/voices/add", post(add_voice))
             .route("/v1/voices/{voice_id}", get(voice).delete(delete_voice))
             .route("/v1/text-to-speech/{voice_id}", post(tts))
@@ -350,7 +359,25 @@ async fn add_voice(State(state): State<Arc<SimState>>, headers: HeaderMap, mut m
         }
         (k.clone_latency, if failing { k.failure } else { Failure::None })
     };
-    tokio::time::sleep(latency).await;
+    let labels = req
+        .labels
+        .as_deref()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| json!({}));
+    // The work runs to its end whether or not the client is still there, as a
+    // real server's does: a client that gives up on a slow clone leaves a
+    // voice behind in the account (exactly the leak precall must clean up).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(latency).await;
+        let _ = tx.send(finish_add_voice(&state, failure, name, labels).await);
+    });
+    rx.await
+        .unwrap_or_else(|_| (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response())
+}
+
+async fn finish_add_voice(state: &SimState, failure: Failure, name: String, labels: serde_json::Value) -> Response {
     match failure {
         Failure::None | Failure::RequiresVerification => {}
         Failure::TooMany(code) => return detail(StatusCode::TOO_MANY_REQUESTS, code, "Too many concurrent requests"),
@@ -370,9 +397,34 @@ async fn add_voice(State(state): State<Arc<SimState>>, headers: HeaderMap, mut m
     }
     inner.next += 1;
     let voice_id = format!("sim{:017}", inner.next);
-    inner.voices.insert(voice_id.clone(), name);
+    let created_at_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    inner.voices.insert(
+        voice_id.clone(),
+        SimVoice {
+            name,
+            labels,
+            created_at_unix,
+        },
+    );
     let requires_verification = failure == Failure::RequiresVerification;
     axum::Json(json!({"voice_id": voice_id, "requires_verification": requires_verification})).into_response()
+}
+
+fn voice_json(voice_id: &str, v: &SimVoice) -> serde_json::Value {
+    json!({"voice_id": voice_id, "name": v.name, "category": "cloned", "labels": v.labels, "samples": [], "created_at_unix": v.created_at_unix})
+}
+
+/// `GET /v1/voices`: the account's voices, with their labels and creation times.
+async fn list_voices(State(state): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = state.unauthorised(&headers) {
+        return r;
+    }
+    let inner = state.inner();
+    let mut voices: Vec<_> = inner.voices.iter().map(|(id, v)| voice_json(id, v)).collect();
+    voices.sort_by(|a, b| a["voice_id"].as_str().cmp(&b["voice_id"].as_str()));
+    axum::Json(json!({ "voices": voices })).into_response()
 }
 
 async fn voice(State(state): State<Arc<SimState>>, headers: HeaderMap, Path(voice_id): Path<String>) -> Response {
@@ -380,9 +432,7 @@ async fn voice(State(state): State<Arc<SimState>>, headers: HeaderMap, Path(voic
         return r;
     }
     match state.inner().voices.get(&voice_id) {
-        Some(name) => {
-            axum::Json(json!({"voice_id": voice_id, "name": name, "category": "cloned", "labels": {}, "samples": []})).into_response()
-        }
+        Some(v) => axum::Json(voice_json(&voice_id, v)).into_response(),
         None => detail(
             StatusCode::BAD_REQUEST,
             "voice_not_found",

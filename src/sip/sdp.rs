@@ -25,6 +25,9 @@ pub enum SdpError {
     NoVersion,
     #[error("SDP offers no audio stream")]
     NoAudio,
+    /// Audio is offered, but only over a profile we do not speak (SRTP, DTLS).
+    #[error("audio is offered only over {0}; precall speaks plain RTP/AVP")]
+    NoPlainRtp(String),
     #[error("audio stream has no connection address (c=)")]
     NoConnection,
     #[error("no common codec: offered {0}, we accept PCMU and PCMA")]
@@ -32,12 +35,48 @@ pub enum SdpError {
 }
 
 impl SdpError {
-    /// The SIP status that reports this error (RFC 3261 §21.4.26 for 488).
+    /// The SIP status that reports this error: a well-formed offer we cannot
+    /// accept is `488` (RFC 3261 §21.4.26), which SBCs answer by retrying with
+    /// plain RTP or another codec; SDP that does not parse is `400`.
     pub fn status(&self) -> u16 {
         match self {
-            SdpError::NoCommonCodec(_) => 488,
+            SdpError::NoAudio | SdpError::NoPlainRtp(_) | SdpError::NoCommonCodec(_) => 488,
             _ => 400,
         }
+    }
+
+    /// The `Warning` values (RFC 3261 §20.43) that say why a `488` refused the
+    /// offer, so that the far end can fall back without guessing.
+    pub fn warnings(&self) -> Vec<(u16, String)> {
+        match self {
+            SdpError::NoAudio => vec![(304, "Media type not available: no audio stream over RTP/AVP".into())],
+            SdpError::NoPlainRtp(proto) => vec![
+                (302, format!("Incompatible transport protocol: {proto}; offer RTP/AVP")),
+                (304, "Media type not available: no audio stream over RTP/AVP".into()),
+            ],
+            SdpError::NoCommonCodec(offered) => {
+                vec![(305, format!("Incompatible media format: {offered}; precall accepts PCMU, PCMA"))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// How to refuse an offer with this error: the status, a reason phrase that
+    /// names the problem, and for `488` the `Warning` header.
+    pub fn rejection(&self) -> Rejection {
+        let status = self.status();
+        let prefix = if status == 488 { "Not Acceptable Here" } else { "Bad Request" };
+        let mut r = Rejection::new(status, format!("{prefix}: {self}"));
+        let warnings = self.warnings();
+        if !warnings.is_empty() {
+            let value = warnings
+                .iter()
+                .map(|(code, text)| format!("{code} precall \"{}\"", text.replace(['"', '\\'], "'")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            r = r.with_header("Warning", value);
+        }
+        r
     }
 }
 
@@ -241,7 +280,13 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
         .iter()
         .position(|m| m.kind == "audio" && m.port != 0 && m.proto.starts_with("RTP/AVP"));
     let Some(audio_index) = audio_index else {
-        return Err(SdpError::NoAudio);
+        // Tell an SBC why: audio over a secure profile only is a transport
+        // mismatch it can fix by re-offering plain RTP.
+        let secure = offer.media.iter().find(|m| m.kind == "audio" && m.port != 0);
+        return Err(match secure {
+            Some(m) => SdpError::NoPlainRtp(m.proto.chars().take(32).collect()),
+            None => SdpError::NoAudio,
+        });
     };
     let audio = &offer.media[audio_index];
     let (codec, payload_type, opus) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
@@ -512,10 +557,27 @@ mod tests {
     }
 
     #[test]
-    fn no_audio_is_400_and_other_streams_are_refused() {
+    fn no_acceptable_stream_is_488_with_a_warning_and_other_streams_are_refused() {
         let o = offer_with("m=video 5000 RTP/AVP 31\r\n");
-        assert_eq!(answer(&o, &local()).unwrap_err(), SdpError::NoAudio);
-        assert_eq!(SdpError::NoAudio.status(), 400);
+        let e = answer(&o, &local()).unwrap_err();
+        assert_eq!(e, SdpError::NoAudio);
+        let r = e.rejection();
+        assert_eq!(r.status, 488);
+        assert!(r.headers.iter().any(|(n, v)| *n == "Warning" && v.starts_with("304 precall \"")), "{r:?}");
+        for proto in ["RTP/SAVP", "UDP/TLS/RTP/SAVP", "RTP/SAVPF"] {
+            let o = offer_with(&format!("m=audio 4000 {proto} 0\r\n"));
+            let e = answer(&o, &local()).unwrap_err();
+            assert_eq!(e, SdpError::NoPlainRtp(proto.into()));
+            let r = e.rejection();
+            assert_eq!(r.status, 488, "{proto}");
+            let warning = &r.headers.iter().find(|(n, _)| *n == "Warning").unwrap().1;
+            assert!(warning.starts_with("302 precall \"") && warning.contains(", 304 precall \""), "{warning}");
+        }
+        let e = answer(&offer_with("m=audio 4000 RTP/AVP 18\r\n"), &local()).unwrap_err();
+        assert!(e.rejection().headers.iter().any(|(_, v)| v.starts_with("305 ")));
+        // SDP that does not parse stays a 400, without a Warning.
+        let e = SessionDescription::parse(b"v=0\r\nm=audio port RTP/AVP 0\r\n").unwrap_err();
+        assert_eq!((e.rejection().status, e.rejection().headers.len()), (400, 0));
         let o = offer_with("m=audio 4000 RTP/AVP 0\r\nm=video 5000 RTP/AVP 31\r\n");
         let (_, body) = answer(&o, &local()).unwrap();
         assert!(body.contains("m=video 0 RTP/AVP 31\r\n"), "{body}");

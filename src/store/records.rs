@@ -32,6 +32,8 @@ pub struct CallRow {
     pub rtp_in_lost: Option<i64>,
     pub rtp_in_max_jitter_us: Option<i64>,
     pub rtp_out_packets: Option<i64>,
+    /// The E-model MOS estimate × 100 ([`crate::media::quality`]).
+    pub rtp_in_mos_x100: Option<i64>,
 }
 
 /// A stored call with the webhook's fields, as read back.

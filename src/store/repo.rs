@@ -9,7 +9,7 @@ use super::{Store, StoreError};
 
 const INSERT_CALL_HEAD: &str = "INSERT INTO call_log (call_id, revision, node_id, protocol, external_id, caller, callee, started_at, \
      answered_at, bridged_at, ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, \
-     rtp_in_max_jitter_us, rtp_out_packets) VALUES ";
+     rtp_in_max_jitter_us, rtp_out_packets, rtp_in_mos_x100) VALUES ";
 
 const UPSERT_CALL_TAIL: &str = " ON CONFLICT (call_id) DO UPDATE SET revision = excluded.revision, node_id = excluded.node_id, \
      protocol = excluded.protocol, external_id = excluded.external_id, caller = excluded.caller, callee = excluded.callee, \
@@ -17,16 +17,17 @@ const UPSERT_CALL_TAIL: &str = " ON CONFLICT (call_id) DO UPDATE SET revision = 
      ended_at = excluded.ended_at, end_reason = excluded.end_reason, end_status = excluded.end_status, \
      clone_outcome = excluded.clone_outcome, voice_id = excluded.voice_id, conversation_id = excluded.conversation_id, \
      rtp_in_packets = excluded.rtp_in_packets, rtp_in_lost = excluded.rtp_in_lost, rtp_in_max_jitter_us = excluded.rtp_in_max_jitter_us, \
-     rtp_out_packets = excluded.rtp_out_packets WHERE call_log.revision < excluded.revision";
+     rtp_out_packets = excluded.rtp_out_packets, rtp_in_mos_x100 = excluded.rtp_in_mos_x100 \
+     WHERE call_log.revision < excluded.revision";
 
 /// Columns per `call_log` row in the upsert.
-const CALL_PARAMS: usize = 20;
+const CALL_PARAMS: usize = 21;
 /// Rows per multi-row upsert: 2 000 parameters, far below both backends' limits.
 const CALL_ROWS_PER_STATEMENT: usize = 100;
 
 const CALL_COLUMNS: &str = "call_id, revision, node_id, protocol, external_id, caller, callee, started_at, answered_at, bridged_at, \
      ended_at, end_reason, end_status, clone_outcome, voice_id, conversation_id, rtp_in_packets, rtp_in_lost, rtp_in_max_jitter_us, \
-     rtp_out_packets, transcript, summary, call_successful, agent_duration_secs";
+     rtp_out_packets, rtp_in_mos_x100, transcript, summary, call_successful, agent_duration_secs";
 
 impl Store {
     // ---- call_log ----------------------------------------------------------------
@@ -340,6 +341,16 @@ impl Store {
         rows.iter().map(cached_voice).collect()
     }
 
+    /// Whether any cache row (expired or not) names this voice: such a voice is
+    /// the sweepers' business, not an orphan.
+    pub async fn voice_is_cached(&self, voice_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT caller_id FROM voice_clone_cache WHERE voice_id = $1 LIMIT 1")
+            .bind(voice_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// The cache entry for a caller whatever its state (to delete a replaced voice).
     pub async fn cached_voice_any(&self, caller_id: &str) -> Result<Option<CachedVoice>, StoreError> {
         let row =
@@ -570,7 +581,8 @@ async fn upsert_calls(tx: &mut Transaction<'_, Any>, rows: &[&CallRow]) -> Resul
             .bind(row.rtp_in_packets)
             .bind(row.rtp_in_lost)
             .bind(row.rtp_in_max_jitter_us)
-            .bind(row.rtp_out_packets);
+            .bind(row.rtp_out_packets)
+            .bind(row.rtp_in_mos_x100);
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -680,6 +692,7 @@ fn stored_call(r: &AnyRow) -> Result<StoredCall, StoreError> {
             rtp_in_lost: r.try_get("rtp_in_lost")?,
             rtp_in_max_jitter_us: r.try_get("rtp_in_max_jitter_us")?,
             rtp_out_packets: r.try_get("rtp_out_packets")?,
+            rtp_in_mos_x100: r.try_get("rtp_in_mos_x100")?,
         },
         transcript: r.try_get("transcript")?,
         summary: r.try_get("summary")?,
