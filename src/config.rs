@@ -62,6 +62,10 @@ pub struct SipSection {
     /// Comma-separated CIDRs or addresses (trunks, PBXs) allowed to send SIP;
     /// empty = anyone.
     pub allow_cidrs: String,
+    /// Comma-separated CIDRs of trunks, PBXs and proxies on a port that is
+    /// otherwise public: like `allow_cidrs` sources, they are exempt from the
+    /// per-source limits (bounded by `limits.max_calls` and `max_setup_rate`).
+    pub trusted_cidrs: String,
     /// Sources outside `allow_cidrs` get no answer at all (instead of 403).
     pub drop_unknown: bool,
     /// New INVITEs per second per source address, and the burst allowed; beyond: 503.
@@ -140,6 +144,7 @@ impl Default for SipSection {
             tcp_message_timeout_seconds: 30,
             tcp_idle_timeout_seconds: 300,
             allow_cidrs: String::new(),
+            trusted_cidrs: String::new(),
             drop_unknown: false,
             invite_rate: 20.0,
             invite_burst: 40.0,
@@ -268,6 +273,11 @@ pub struct LimitsSection {
     pub drain_seconds: u64,
     /// `Retry-After` seconds sent with 503 when full or draining.
     pub retry_after_seconds: u64,
+    /// New calls per second the node sets up, whatever their source (trunks
+    /// and proxies included), and the burst allowed; beyond them `503` with
+    /// `Retry-After: 1`. Sized from the measured capacity (docs/PERFORMANCE.md).
+    pub max_setup_rate: f64,
+    pub max_setup_burst: f64,
 }
 
 impl Default for LimitsSection {
@@ -277,6 +287,8 @@ impl Default for LimitsSection {
             max_call_seconds: 3600,
             drain_seconds: 30,
             retry_after_seconds: 30,
+            max_setup_rate: 200.0,
+            max_setup_burst: 200.0,
         }
     }
 }
@@ -483,6 +495,8 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     pub http_allow: Vec<ipnet::IpNet>,
     pub sip_allow: Vec<ipnet::IpNet>,
+    /// `sip.trusted_cidrs`, parsed.
+    pub sip_trusted: Vec<ipnet::IpNet>,
     /// Registrations with their passwords resolved (from `password_env` when set).
     pub registrations: Vec<Registration>,
     /// Inbound digest authentication, when `sip.auth_realm` is set.
@@ -739,6 +753,14 @@ impl Settings {
         };
         let http_allow = cidrs("http.allow_cidrs", &raw.http.allow_cidrs)?;
         let sip_allow = cidrs("sip.allow_cidrs", &raw.sip.allow_cidrs)?;
+        let sip_trusted = cidrs("sip.trusted_cidrs", &raw.sip.trusted_cidrs)?;
+        let setup = (raw.limits.max_setup_rate, raw.limits.max_setup_burst);
+        if !(setup.0.is_finite() && setup.0 > 0.0 && setup.1.is_finite() && setup.1 >= 1.0) {
+            return Err(invalid(
+                "limits.max_setup_rate/max_setup_burst",
+                "the rate must be above 0 and the burst at least 1",
+            ));
+        }
         if raw.sip.session_min_se_seconds == 0 || raw.sip.session_expires_seconds < raw.sip.session_min_se_seconds {
             return Err(invalid(
                 "sip.session_expires_seconds/session_min_se_seconds",
@@ -856,6 +878,7 @@ impl Settings {
             http_listen,
             http_allow,
             sip_allow,
+            sip_trusted,
             sip_listen,
             public_addr,
             rtp_ports: (lo_even, hi_even),

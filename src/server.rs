@@ -23,7 +23,7 @@ use crate::config::Settings;
 use crate::elevenlabs::ws::AgentConfig;
 use crate::media::prompt::{Player, Prompt, PromptError};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SessionTimerConfig, SipEvent};
-use crate::sip::guard::{Guard, GuardConfig, Verdict};
+use crate::sip::guard::{Guard, GuardConfig, SetupRate, Verdict};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::register::{RegState, Registration, RegistrationConfig};
 use crate::sip::sdp::{self, LocalMedia, SessionDescription};
@@ -206,6 +206,7 @@ pub async fn start(
     let prompts = Arc::new(RwLock::new(prompts));
     let guard = Guard::new(GuardConfig {
         allow: settings.sip_allow.clone(),
+        trusted: settings.sip_trusted.clone(),
         drop_unknown: settings.raw.sip.drop_unknown,
         invite_rate: settings.raw.sip.invite_rate,
         invite_burst: settings.raw.sip.invite_burst,
@@ -254,6 +255,11 @@ pub async fn start(
         reg_conns: HashMap::new(),
         registrations,
         guard,
+        setup_rate: SetupRate::new(
+            Instant::now(),
+            settings.raw.limits.max_setup_rate,
+            settings.raw.limits.max_setup_burst,
+        ),
         endpoint,
         udp: Arc::new(udp),
         sip_addr,
@@ -303,6 +309,10 @@ pub async fn start(
 /// any revision the task itself could have reached, so it is the one kept.
 const CRASH_REVISION: i64 = 1 << 40;
 
+/// How long after `limits.drain_seconds` calls may take to end cleanly (their
+/// BYEs answered) before drain stops waiting for the network.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 struct CallEntry {
     events: mpsc::Sender<CallEvent>,
 }
@@ -314,6 +324,8 @@ struct SipTask {
     reg_conns: HashMap<usize, u64>,
     registrations: Vec<Registration>,
     guard: Guard,
+    /// The node-wide set-up rate (`limits.max_setup_rate`), for every source.
+    setup_rate: SetupRate,
     endpoint: Endpoint,
     udp: Arc<UdpSocket>,
     sip_addr: SocketAddr,
@@ -345,6 +357,7 @@ impl SipTask {
         tokio::pin!(sleep);
         let mut shutdown_open = true;
         let mut hung_up = false;
+        let mut abandoned = false;
         loop {
             let now = Instant::now();
             self.stats.beat(now);
@@ -358,15 +371,33 @@ impl SipTask {
             }
             if let Some(since) = self.draining_since {
                 let drain_end = crate::deadline::after(since, Duration::from_secs(self.settings.raw.limits.drain_seconds));
+                let hard_stop = drain_end + DRAIN_GRACE;
                 if now >= drain_end && !hung_up {
                     hung_up = true;
                     self.hang_up_everyone();
                 }
+                // A BYE waits for an ACK that may never come (RFC 3261 §15) and
+                // then for an answer that may never come either: up to 64·T1
+                // each. Drain does not: DRAIN_GRACE after the drain every call
+                // still up ends where it stands, and records its end.
+                if now >= hard_stop && !abandoned {
+                    abandoned = true;
+                    if !self.calls.is_empty() || self.endpoint.pending_byes() > 0 {
+                        tracing::warn!(calls = self.calls.len(), byes = self.endpoint.pending_byes(), "drain over: ending the calls still up without waiting for their ACKs or BYE answers");
+                    }
+                    for entry in self.calls.values() {
+                        let _ = entry.events.try_send(CallEvent::Input(CallInput::SignallingLost));
+                    }
+                }
                 // Done when no call is left and our BYEs have been answered (or
-                // their transactions, 64·T1, have run out).
+                // their transactions, 64·T1, have run out, or the drain is over)
                 // …and our unREGISTERs are answered (for at most 2 s).
                 let unregistering = self.registrations.iter().any(Registration::unregistering) && now < since + Duration::from_secs(2);
-                if self.calls.is_empty() && self.endpoint.pending_byes() == 0 && !unregistering {
+                if self.calls.is_empty() && (self.endpoint.pending_byes() == 0 || abandoned) && !unregistering {
+                    break;
+                }
+                if now >= hard_stop + DRAIN_GRACE {
+                    tracing::error!(calls = self.calls.len(), "call tasks did not end after the drain; stopping anyway");
                     break;
                 }
                 wake = wake.min(if hung_up { now + Duration::from_millis(100) } else { drain_end });
@@ -404,6 +435,7 @@ impl SipTask {
                         shutdown_open = false;
                         self.draining_since = Some(Instant::now());
                         self.stats.draining.store(true, Ordering::Relaxed);
+                        self.endpoint.set_draining(true);
                         self.unregister_all().await;
                         tracing::info!(live_calls = self.calls.len(), drain_seconds = self.settings.raw.limits.drain_seconds, "draining: refusing new calls");
                     }
@@ -544,6 +576,17 @@ impl SipTask {
         if self.calls.len() >= limits.max_calls {
             let r = Rejection::new(503, format!("Service Unavailable: at capacity ({} calls)", limits.max_calls))
                 .with_header("Retry-After", retry_after);
+            return self.refuse_call(call, row, r);
+        }
+        if !self.setup_rate.admit(now) {
+            // Capacity, not failure: a short Retry-After, and a dispatcher in
+            // front tries another node without marking this one down.
+            let r = Rejection::new(
+                503,
+                format!("Service Unavailable: at the set-up rate limit ({}/s)", limits.max_setup_rate),
+            )
+            .with_header("Retry-After", "1");
+            metrics::counter!("precall_setup_rate_limited_total").increment(1);
             return self.refuse_call(call, row, r);
         }
         let offer = match sdp::offer_in(&request) {

@@ -320,6 +320,51 @@ async fn shutdown_refuses_new_calls_and_hangs_up_after_the_drain() {
     );
 }
 
+/// Issue 13 #7: drain ends within `limits.drain_seconds` plus a small bound
+/// (2 s), whatever state the calls are in: one answered but never ACKed, one
+/// whose caller never answers our BYE. Both are on record. OPTIONS probes hear
+/// 503 while draining, so a dispatcher stops sending.
+#[tokio::test]
+async fn drain_is_bounded_for_unacked_calls_and_unanswered_byes() {
+    let daemon = start_daemon(|s| s.limits.drain_seconds = 1).await;
+    let mut unacked = Caller::udp(daemon.sip_addr).await;
+    unacked.invite(&offer(unacked.rtp_port(), "0", "sendrecv")).await;
+    assert_eq!(unacked.final_response(SEC).await.1.status(), Some(200));
+    let mut deaf = Caller::udp(daemon.sip_addr).await;
+    deaf.invite(&offer(deaf.rtp_port(), "0", "sendrecv")).await;
+    deaf.final_response(SEC).await;
+    deaf.ack("").await;
+    let started = std::time::Instant::now();
+    daemon.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut probe = Caller::udp(daemon.sip_addr).await;
+    probe
+        .send(&format!(
+            "OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-drainprobe\r\nFrom: <sip:lb@{l}>;tag=1\r\nTo: <sip:{d}>\r\nCall-ID: drainprobe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            d = daemon.sip_addr,
+            l = probe.local
+        ))
+        .await;
+    let r = probe.recv_until(SEC, |m| m.status().is_some()).await.expect("OPTIONS answered");
+    assert_eq!(r.status(), Some(503), "a draining node says so to probes");
+    let store = daemon.store.clone();
+    let records = daemon.records.clone();
+    tokio::time::timeout(10 * SEC, daemon.handle.wait())
+        .await
+        .expect("daemon exits");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1000 + 2000 + 1000),
+        "drain took {took:?}, more than drain_seconds + 2 s (+1 s of slack)"
+    );
+    assert!(records.flush(5 * SEC).await);
+    for c in [&unacked, &deaf] {
+        let row = store.call_by_external_id(&c.call_id).await.unwrap().expect("call recorded").row;
+        assert_eq!(row.end_reason.as_deref(), Some("shutdown"), "{row:?}");
+        assert!(row.ended_at.is_some());
+    }
+}
+
 async fn wait_idle(daemon: &common::TestDaemon) {
     for _ in 0..100 {
         if daemon.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed) == 0 {

@@ -241,6 +241,8 @@ pub struct Endpoint {
     outputs: VecDeque<Output>,
     refusals: VecDeque<Refusal>,
     next_id: u64,
+    /// Shutting down: OPTIONS probes hear 503, so a dispatcher stops sending.
+    draining: bool,
 }
 
 impl Endpoint {
@@ -259,7 +261,15 @@ impl Endpoint {
             outputs: VecDeque::new(),
             refusals: VecDeque::new(),
             next_id: 1,
+            draining: false,
         }
+    }
+
+    /// While draining, out-of-dialog OPTIONS (a dispatcher's probe) get `503`
+    /// so that new calls go elsewhere; at capacity they still get `200`: a full
+    /// node is alive, and its INVITE refusals say so per call.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// Next output to carry out. Drain it after every input (str0m's contract).
@@ -367,6 +377,10 @@ impl Endpoint {
             "CANCEL" => self.handle_cancel(now, flow, req),
             _ if req.to.tag().is_some() => self.handle_in_dialog(now, flow, req, key),
             "INVITE" => self.handle_invite(now, flow, req, key),
+            "OPTIONS" if self.draining => {
+                let r = Rejection::new(503, "Service Unavailable: shutting down").with_header("Retry-After", "30");
+                self.refuse(now, flow, req, key, r);
+            }
             "OPTIONS" => {
                 let id = self.new_server_tx(key, false, flow, None);
                 let resp = self.response(

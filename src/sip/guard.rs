@@ -9,6 +9,14 @@
 //! - All requests per source (`sip.request_rate`/`request_burst`): beyond them,
 //!   dropped.
 //!
+//! The per-source limits are for strangers on a public port. A trunk, a PBX or
+//! a proxy (Kamailio) is one address carrying everyone's calls: throttling it
+//! per source refuses real calls at the rate the node was built for, and makes
+//! a dispatcher declare the node dead. So sources in `sip.allow_cidrs` (when
+//! set) and in `sip.trusted_cidrs` skip them; they are bounded by the node's
+//! own capacity instead (`limits.max_calls` and the node-wide [`SetupRate`],
+//! applied at admission to every new call).
+//!
 //! The table of sources is bounded: idle entries are pruned, and when it is
 //! full of active sources new ones are dropped rather than let it grow.
 
@@ -27,6 +35,8 @@ const IDLE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardConfig {
     pub allow: Vec<ipnet::IpNet>,
+    /// Exempt from the per-source limits, like `allow` (`sip.trusted_cidrs`).
+    pub trusted: Vec<ipnet::IpNet>,
     pub drop_unknown: bool,
     /// New INVITEs per second per source, and the burst allowed.
     pub invite_rate: f64,
@@ -65,8 +75,10 @@ impl Bucket {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        // A hair of tolerance: a refill of exactly one token must not come out
+        // as 0.999… and refuse a request that is precisely on the rate.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens = (self.tokens - 1.0).max(0.0);
             true
         } else {
             false
@@ -120,6 +132,9 @@ impl Guard {
         if !is_request(data) {
             return (Verdict::Pass, false);
         }
+        if self.is_trusted(source) {
+            return (Verdict::Pass, false);
+        }
         if self.sources.len() >= PRUNE_AT && !self.sources.contains_key(&source) {
             self.sources.retain(|_, s| now.saturating_duration_since(s.last_seen) < IDLE);
             if self.sources.len() >= MAX_SOURCES {
@@ -146,6 +161,13 @@ impl Guard {
             return (Verdict::Refuse(r), self.should_log(now, source));
         }
         (Verdict::Pass, false)
+    }
+
+    /// A configured trunk, PBX or proxy: listed in a non-empty allowlist or in
+    /// the trusted list.
+    fn is_trusted(&self, source: IpAddr) -> bool {
+        let c = &self.config;
+        (!c.allow.is_empty() && c.allow.iter().any(|n| n.contains(&source))) || c.trusted.iter().any(|n| n.contains(&source))
     }
 
     fn should_log(&mut self, now: Instant, source: IpAddr) -> bool {
@@ -177,6 +199,30 @@ impl Guard {
     }
 }
 
+/// The node-wide cap on new calls per second (`limits.max_setup_rate`), the
+/// bound that applies to trusted sources too: a token bucket on injected time.
+#[derive(Debug, Clone, Copy)]
+pub struct SetupRate {
+    bucket: Bucket,
+    rate: f64,
+    burst: f64,
+}
+
+impl SetupRate {
+    pub fn new(now: Instant, rate: f64, burst: f64) -> Self {
+        SetupRate {
+            bucket: Bucket { tokens: burst, at: now },
+            rate,
+            burst,
+        }
+    }
+
+    /// Takes one call's set-up; `false` when over the rate.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        self.bucket.take(now, self.rate, self.burst)
+    }
+}
+
 fn is_request(data: &[u8]) -> bool {
     !data.starts_with(b"SIP/")
 }
@@ -188,6 +234,7 @@ mod tests {
     fn config() -> GuardConfig {
         GuardConfig {
             allow: Vec::new(),
+            trusted: Vec::new(),
             drop_unknown: false,
             invite_rate: 2.0,
             invite_burst: 3.0,
@@ -253,6 +300,46 @@ mod tests {
             Verdict::Pass,
             "responses are not rate limited"
         );
+    }
+
+    /// Issue 13 #2: a trunk is one address carrying everyone's calls. Allowed
+    /// and trusted sources are never throttled per source; strangers still are.
+    #[test]
+    fn trunks_and_proxies_are_exempt_from_the_per_source_limits() {
+        let t0 = Instant::now();
+        let trunk: IpAddr = "192.0.2.10".parse().unwrap();
+        let proxy: IpAddr = "203.0.113.5".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut allowlisted = Guard::new(GuardConfig {
+            allow: vec!["192.0.2.0/28".parse().unwrap()],
+            ..config()
+        });
+        let mut public = Guard::new(GuardConfig {
+            trusted: vec!["203.0.113.5/32".parse().unwrap()],
+            ..config()
+        });
+        // 100 calls/s for 10 s (INVITE, ACK, BYE each), far beyond the 2/s limit.
+        for i in 0..1000u32 {
+            let now = t0 + Duration::from_millis(u64::from(i) * 10);
+            for msg in [INVITE, b"ACK sip:x@y SIP/2.0\r\n".as_slice(), b"BYE sip:x@y SIP/2.0\r\n".as_slice()] {
+                assert_eq!(allowlisted.check(now, trunk, msg).0, Verdict::Pass, "allowlisted, message {i}");
+                assert_eq!(public.check(now, proxy, msg).0, Verdict::Pass, "trusted, message {i}");
+            }
+        }
+        assert_eq!(allowlisted.stats(), GuardStats::default());
+        let refused = (0..10).filter(|_| public.check(t0, stranger, INVITE).0 != Verdict::Pass).count();
+        assert_eq!(refused, 7, "a stranger on the public port is still limited");
+    }
+
+    #[test]
+    fn the_setup_rate_bounds_every_source_and_refills() {
+        let t0 = Instant::now();
+        let mut r = SetupRate::new(t0, 100.0, 100.0);
+        assert_eq!((0..150).filter(|_| r.admit(t0)).count(), 100, "the burst");
+        // 100/s sustained is admitted in full.
+        let admitted = (1..=1000u32).filter(|i| r.admit(t0 + Duration::from_millis(u64::from(*i) * 10))).count();
+        assert_eq!(admitted, 1000);
+        assert!(!r.admit(t0 + Duration::from_millis(10_000)), "nothing left at the same instant");
     }
 
     #[test]
