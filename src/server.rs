@@ -383,7 +383,11 @@ impl SipTask {
                 if now >= hard_stop && !abandoned {
                     abandoned = true;
                     if !self.calls.is_empty() || self.endpoint.pending_byes() > 0 {
-                        tracing::warn!(calls = self.calls.len(), byes = self.endpoint.pending_byes(), "drain over: ending the calls still up without waiting for their ACKs or BYE answers");
+                        tracing::warn!(
+                            calls = self.calls.len(),
+                            byes = self.endpoint.pending_byes(),
+                            "drain over: ending the calls still up without waiting for their ACKs or BYE answers"
+                        );
                     }
                     for entry in self.calls.values() {
                         let _ = entry.events.try_send(CallEvent::Input(CallInput::SignallingLost));

@@ -637,3 +637,75 @@ async fn the_agent_waits_for_the_ack_however_late_it_comes() {
     assert_eq!(conv.len(), 1, "exactly the acknowledged call reached the agent");
     assert_eq!(c.bye().await.status(), Some(200));
 }
+
+/// Issue 13 #1: a delayed offer reaches the agent exactly like an offer in the
+/// INVITE, whatever the ACK's delay (0, 50, 300 and 1000 ms): the agent's voice
+/// is heard and the caller's audio reaches the agent. Then a re-INVITE without
+/// SDP mid-call (our offer in the 200, the answer in the ACK) leaves the bridge
+/// alone: the offer is the session as it stands, and audio keeps flowing both
+/// ways afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_offer_bridges_for_any_ack_delay_and_an_offerless_reinvite_keeps_it() {
+    let env = env(
+        AgentKnobs {
+            first_message_seconds: 1.0,
+            ..AgentKnobs::default()
+        },
+        false,
+    )
+    .await;
+    for (i, delay_ms) in [0u64, 50, 300, 1000].into_iter().enumerate() {
+        let mut c = Caller::udp(env.daemon.sip_addr).await;
+        c.invite("").await;
+        let (_, ok) = c.final_response(SEC * 2).await;
+        assert_eq!(ok.status(), Some(200));
+        let port = ok.sdp_port().expect("our offer in the 200");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        c.ack(&offer(c.rtp_port(), "0 101", "sendrecv")).await;
+        let rtp = std::mem::replace(&mut c.rtp, UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let media = Media::start(rtp, SocketAddr::from(([127, 0, 0, 1], port)));
+        wait_for_voice(&media, DEFAULT_VOICE, SEC * 6).await;
+        let conv = wait_conversations(&env.sim, i + 1).await;
+        assert_eq!(conv.len(), i + 1, "ACK after {delay_ms} ms: one conversation per call");
+        media.say(&precall::sim::speak("caller-voice", 8000, 0.6));
+        let deadline = Instant::now() + SEC * 3;
+        while env.sim.conversations()[i].received.len() < 8000 {
+            assert!(
+                Instant::now() < deadline,
+                "ACK after {delay_ms} ms: the caller's audio never reached the agent"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if delay_ms == 300 {
+            // An offerless re-INVITE: we offer the session as it stands.
+            c.cseq += 1;
+            let reinvite = c.in_dialog("INVITE", c.cseq, "z9hG4bK-reinvite-do", "", "");
+            c.send(&reinvite).await;
+            let ok = c
+                .recv_until(SEC * 2, |m| m.status() == Some(200))
+                .await
+                .expect("200 to the offerless re-INVITE");
+            assert!(
+                ok.body().contains("m=audio") && ok.body().contains(" RTP/AVP 0 101\r\n"),
+                "the re-offer is the codec in use: {}",
+                ok.body()
+            );
+            let ack = c.in_dialog("ACK", c.cseq, "z9hG4bK-reinvite-ack", &offer(c.rtp_port(), "0 101", "sendrecv"), "");
+            c.send(&ack).await;
+            let heard_before = env.sim.conversations()[i].received.len();
+            let since = Instant::now();
+            media.say(&precall::sim::speak("caller-voice", 8000, 0.6));
+            tokio::time::sleep(SEC).await;
+            assert!(
+                env.sim.conversations()[i].received.len() > heard_before + 4000,
+                "caller audio still reaches the agent after the re-INVITE"
+            );
+            assert_eq!(env.sim.conversations().len(), i + 1, "no second conversation");
+            assert!(!media.heard_pcm(since).is_empty(), "our audio still flows after the re-INVITE");
+        }
+        assert_eq!(c.bye().await.status(), Some(200));
+        common_wait_idle(&env.daemon).await;
+        let row = env.daemon.store.call_by_external_id(&c.call_id).await.unwrap().unwrap().row;
+        assert!(row.bridged_at.is_some(), "ACK after {delay_ms} ms: bridged: {row:?}");
+    }
+}

@@ -110,13 +110,37 @@ async fn rejections_no_common_codec_no_audio_and_capacity() {
     let (_, r) = c.final_response(SEC).await;
     assert_eq!(r.status(), Some(488));
     assert!(r.text.starts_with("SIP/2.0 488 Not Acceptable Here: no common codec"), "{}", r.text);
+    assert!(r.header("Warning").is_some_and(|w| w.starts_with("305 precall \"")), "{}", r.text);
     c.ack("").await;
 
+    // Well-formed offers without an acceptable stream: 488 with a Warning (RFC
+    // 3261 §20.43) so an SBC can fall back, e.g. to plain RTP.
+    for (body, code) in [
+        ("v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 5000 RTP/AVP 31\r\n", "304"),
+        (
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+            "302",
+        ),
+        (
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 AB:CD\r\n",
+            "302",
+        ),
+    ] {
+        let mut c = Caller::udp(daemon.sip_addr).await;
+        c.invite(body).await;
+        let (_, r) = c.final_response(SEC).await;
+        assert_eq!(r.status(), Some(488), "{}", r.text);
+        let warning = r.header("Warning").unwrap_or_default();
+        assert!(warning.starts_with(&format!("{code} precall \"")), "{}", r.text);
+        assert!(warning.contains("304 precall"), "{}", r.text);
+        c.ack("").await;
+    }
+    // SDP that does not parse stays 400.
     let mut c = Caller::udp(daemon.sip_addr).await;
-    c.invite("v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 5000 RTP/AVP 31\r\n").await;
+    c.invite("v=0\r\nm=audio port RTP/AVP 0\r\n").await;
     let (_, r) = c.final_response(SEC).await;
-    assert_eq!(r.status(), Some(400));
-    assert!(r.text.contains("no audio"), "{}", r.text);
+    assert_eq!(r.status(), Some(400), "{}", r.text);
+    c.ack("").await;
 
     let mut first = Caller::udp(daemon.sip_addr).await;
     first.invite(&offer(first.rtp_port(), "0", "sendrecv")).await;
@@ -189,6 +213,43 @@ async fn hold_and_resume_with_reinvite() {
     );
     assert_eq!(c.bye().await.status(), Some(200));
     wait_idle(&daemon).await;
+}
+
+/// Issue 13 #5: a caller on hold that sends nothing is not cut off by the RTP
+/// timeout; the (longer) hold timeout applies instead, and after resuming the
+/// RTP timeout is back.
+#[tokio::test]
+async fn a_silent_hold_outlasts_the_rtp_timeout() {
+    let daemon = start_daemon(|s| {
+        s.rtp.timeout_seconds = 1;
+        s.rtp.hold_timeout_seconds = 4;
+    })
+    .await;
+    for hold in ["sendonly", "inactive"] {
+        let mut c = Caller::udp(daemon.sip_addr).await;
+        c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
+        c.final_response(SEC).await;
+        c.ack("").await;
+        c.cseq += 1;
+        let text = c.in_dialog("INVITE", c.cseq, &format!("z9hG4bK-{hold}"), &offer(c.rtp_port(), "0", hold), "");
+        c.send(&text).await;
+        c.recv_until(SEC, |m| m.status() == Some(200)).await.expect("hold answered");
+        c.ack("").await;
+        // Three times the RTP timeout in silence, on hold: no BYE.
+        assert!(
+            c.recv_until(SEC * 3, |m| m.method() == Some("BYE")).await.is_none(),
+            "{hold} hold was cut off by the RTP timeout"
+        );
+        // Past the hold timeout: BYE.
+        let bye = c
+            .recv_until(SEC * 3, |m| m.method() == Some("BYE"))
+            .await
+            .unwrap_or_else(|| panic!("{hold}: the hold timeout never ended the call"));
+        c.ok_to(&bye).await;
+        wait_idle(&daemon).await;
+        let row = daemon.store.call_by_external_id(&c.call_id).await.unwrap().unwrap().row;
+        assert_eq!(row.end_reason.as_deref(), Some("rtp_timeout"));
+    }
 }
 
 #[tokio::test]
@@ -349,9 +410,7 @@ async fn drain_is_bounded_for_unacked_calls_and_unanswered_byes() {
     assert_eq!(r.status(), Some(503), "a draining node says so to probes");
     let store = daemon.store.clone();
     let records = daemon.records.clone();
-    tokio::time::timeout(10 * SEC, daemon.handle.wait())
-        .await
-        .expect("daemon exits");
+    tokio::time::timeout(10 * SEC, daemon.handle.wait()).await.expect("daemon exits");
     let took = started.elapsed();
     assert!(
         took < Duration::from_millis(1000 + 2000 + 1000),

@@ -34,7 +34,15 @@ fn client(sim: &Simulator, key: &str) -> Client {
 }
 
 fn service(store: &Store, sink: &RecordSink, client: Client, dir: &Path, max_wait: Duration) -> CloneService {
-    service_with(store, sink, client, dir, max_wait, Duration::from_secs(10), Duration::from_secs(900))
+    service_with(
+        store,
+        sink,
+        client,
+        dir,
+        max_wait,
+        Duration::from_secs(10),
+        Duration::from_secs(900),
+    )
 }
 
 fn service_with(
@@ -472,7 +480,10 @@ async fn the_orphan_sweeper_deletes_only_precalls_uncached_voices() {
         .add_voice(&add(serde_json::json!({"created_by": "precall"})), deadline)
         .await
         .unwrap();
-    let foreign = api.add_voice(&add(serde_json::json!({"accent": "british"})), deadline).await.unwrap();
+    let foreign = api
+        .add_voice(&add(serde_json::json!({"accent": "british"})), deadline)
+        .await
+        .unwrap();
     // Within the grace period nothing is touched.
     assert_eq!(e.service.sweep_orphans().await.unwrap(), 0);
     let eager = service_with(

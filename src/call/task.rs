@@ -19,8 +19,8 @@ use crate::elevenlabs::ws::{self, AgentConfig, AgentEvent, Conversation};
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::prompt::Player;
 use crate::media::prompt::Prompt;
-use crate::media::rtp::RtpPacket;
 use crate::media::quality;
+use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
 use crate::media::wire::WireCodec;
 use crate::sip::endpoint::{CallKey, ReferProgress};
@@ -218,7 +218,11 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         row.rtp_in_lost = Some(stats.lost as i64);
         row.rtp_in_max_jitter_us = Some((stats.max_jitter_ms * 1000.0).round() as i64);
         row.rtp_out_packets = Some(media.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
-        let codec = if ctx.negotiated.is_some_and(|n| n.opus) { quality::OPUS } else { quality::G711 };
+        let codec = if ctx.negotiated.is_some_and(|n| n.opus) {
+            quality::OPUS
+        } else {
+            quality::G711
+        };
         if let Some(mos) = quality::estimate(&stats, codec) {
             row.rtp_in_mos_x100 = Some((mos * 100.0).round() as i64);
             metrics::histogram!("precall_call_mos").record(mos);
@@ -430,26 +434,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
                 connect_agent(ctx, call, media, voice);
             }
         }
-        Some(CallEvent::AckBody(body)) => match SessionDescription::parse(&body).and_then(|sd| sdp::accept_answer(&sd)) {
-            Ok(n) => {
-                ctx.negotiated = Some(n);
-                // Learning (re)opens only when the answer names a new address.
-                if media.sdp_remote != Some(n.remote) {
-                    media.dest = Some(n.remote);
-                    media.sdp_remote = Some(n.remote);
-                    media.latch.reset(n.remote, now);
-                }
-                call.handle(now, CallInput::Confirmed);
-                set_direction(call, now, n.direction);
-                if let Some(voice) = media.pending_voice.take() {
-                    connect_agent(ctx, call, media, voice);
-                }
-            }
-            Err(e) => {
-                tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer; ending the call");
-                call.handle(now, CallInput::ConfirmedWithoutAnswer);
-            }
-        },
+        Some(CallEvent::AckBody(body)) => ack_answer(ctx, call, media, &body, now),
         Some(CallEvent::CloneResolved(r)) => {
             tracing::info!(call = %ctx.key, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
             crate::clone::record_metrics(&r);
@@ -479,6 +464,45 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             let answer = answer.map(|(_, body)| body.into_bytes());
             let _ = ctx.commands.send(SipCommand::AnswerReoffer { call: ctx.key, answer }).await;
         }
+    }
+}
+
+/// The answer an ACK carries: to our offer in the 200 of a delayed-offer INVITE
+/// (the call starts here), or of an offerless re-INVITE mid-call (the session
+/// stays as it is unless the answer is a valid echo of what we offered).
+fn ack_answer(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, body: &[u8], now: Instant) {
+    let mid_call = call.confirmed_at().is_some();
+    let answer = SessionDescription::parse(body).and_then(|sd| sdp::accept_answer(&sd));
+    let n = match (answer, ctx.negotiated) {
+        (Ok(n), Some(old)) if mid_call && (n.codec, n.opus) != (old.codec, old.opus) => {
+            tracing::info!(call = %ctx.key, "re-INVITE answer names a codec we did not offer; keeping the session");
+            return;
+        }
+        (Ok(n), _) => n,
+        (Err(e), _) if mid_call => {
+            tracing::info!(call = %ctx.key, error = %e, "re-INVITE's ACK carried no usable answer; keeping the session");
+            return;
+        }
+        (Err(e), _) => {
+            tracing::info!(call = %ctx.key, error = %e, "ACK carried no usable SDP answer; ending the call");
+            call.handle(now, CallInput::ConfirmedWithoutAnswer);
+            return;
+        }
+    };
+    ctx.negotiated = Some(n);
+    // Learning (re)opens only when the answer names a new address.
+    if media.sdp_remote != Some(n.remote) {
+        media.dest = Some(n.remote);
+        media.sdp_remote = Some(n.remote);
+        media.latch.reset(n.remote, now);
+    }
+    if let Some(s) = media.sender.as_mut() {
+        s.set_payload_type(n.payload_type);
+    }
+    call.handle(now, CallInput::Confirmed);
+    set_direction(call, now, n.direction);
+    if let Some(voice) = media.pending_voice.take() {
+        connect_agent(ctx, call, media, voice);
     }
 }
 
@@ -638,11 +662,12 @@ fn set_direction(call: &mut Call, now: Instant, ours: Direction) {
 fn reoffer(ctx: &mut CallContext, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
     ctx.local.version += 1;
     if body.is_empty() {
-        // An offerless re-INVITE: offer what we have (the answer comes in the ACK).
+        // An offerless re-INVITE: offer the session as it stands (the answer
+        // comes in the ACK).
         let n = ctx
             .negotiated
             .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
-        return Ok((n, sdp::offer(&ctx.local)));
+        return Ok((n, sdp::reoffer(&ctx.local, &n)));
     }
     let sd = SessionDescription::parse(body).map_err(|e| e.rejection())?;
     let (n, answer) = sdp::answer(&sd, &ctx.local).map_err(|e| e.rejection())?;

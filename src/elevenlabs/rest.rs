@@ -237,10 +237,7 @@ impl Client {
 
     /// `GET /v1/voices`: the account's voices (premade and its own).
     pub async fn list_voices(&self, deadline: Instant) -> Result<Vec<Voice>, ApiError> {
-        let request = self
-            .http
-            .get(format!("{}/v1/voices", self.base))
-            .header("xi-api-key", &self.key);
+        let request = self.http.get(format!("{}/v1/voices", self.base)).header("xi-api-key", &self.key);
         let body = self.send(request, deadline).await?;
         serde_json::from_slice::<VoiceList>(&body)
             .map(|l| l.voices)

@@ -31,7 +31,11 @@ pub const OPUS: CodecImpairment = CodecImpairment { ie: 0.0, bpl: 25.1 };
 /// The E-model's transmission rating R for a call.
 pub fn r_factor(loss_ratio: f64, jitter_ms: f64, packet_ms: f64, codec: CodecImpairment) -> f64 {
     let loss_pct = (loss_ratio.clamp(0.0, 1.0)) * 100.0;
-    let jitter_ms = if jitter_ms.is_finite() { jitter_ms.clamp(0.0, 10_000.0) } else { 0.0 };
+    let jitter_ms = if jitter_ms.is_finite() {
+        jitter_ms.clamp(0.0, 10_000.0)
+    } else {
+        0.0
+    };
     let delay = packet_ms.clamp(0.0, 1000.0) + 2.0 * jitter_ms + 10.0;
     let id = 0.024 * delay + if delay > 177.3 { 0.11 * (delay - 177.3) } else { 0.0 };
     let ie_eff = codec.ie + (95.0 - codec.ie) * loss_pct / (loss_pct + codec.bpl);

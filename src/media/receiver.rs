@@ -346,7 +346,10 @@ mod tests {
         }
         let st = r.stats();
         assert_eq!(st.lost, 0, "{st:?}");
-        assert_eq!(st.expected, 198, "the probation packet and the unconfirmed first packet after the jump are not counted");
+        assert_eq!(
+            st.expected, 198,
+            "the probation packet and the unconfirmed first packet after the jump are not counted"
+        );
         assert!(st.max_jitter_ms < 1.0, "{st:?}");
         assert_eq!(st.resyncs, 1);
         // A timestamp-only re-anchoring (same sequence run) leaves jitter alone.
@@ -354,7 +357,11 @@ mod tests {
         let mut now = t0;
         for i in 0..200u16 {
             now += FRAME;
-            let ts = if i < 100 { u32::from(i) * 160 } else { 9_000_000 + u32::from(i) * 160 };
+            let ts = if i < 100 {
+                u32::from(i) * 160
+            } else {
+                9_000_000 + u32::from(i) * 160
+            };
             r.on_datagram(now, &packet(i, ts, 5)).unwrap();
         }
         let st = r.stats();

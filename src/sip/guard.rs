@@ -337,7 +337,9 @@ mod tests {
         let mut r = SetupRate::new(t0, 100.0, 100.0);
         assert_eq!((0..150).filter(|_| r.admit(t0)).count(), 100, "the burst");
         // 100/s sustained is admitted in full.
-        let admitted = (1..=1000u32).filter(|i| r.admit(t0 + Duration::from_millis(u64::from(*i) * 10))).count();
+        let admitted = (1..=1000u32)
+            .filter(|i| r.admit(t0 + Duration::from_millis(u64::from(*i) * 10)))
+            .count();
         assert_eq!(admitted, 1000);
         assert!(!r.admit(t0 + Duration::from_millis(10_000)), "nothing left at the same instant");
     }

@@ -359,6 +359,19 @@ pub fn offer(local: &LocalMedia) -> String {
     body
 }
 
+/// Our offer in the 200 to a re-INVITE without SDP (RFC 3261 §14.2): the
+/// session as it stands, one codec on its payload type plus telephone-event,
+/// sendrecv. Offering everything again would let the answer move a bridged
+/// call to another codec mid-sentence; this offer can only be confirmed.
+pub fn reoffer(local: &LocalMedia, current: &Negotiated) -> String {
+    let mut body = session_header(local);
+    let wire = if current.opus { Wire::Opus } else { Wire::G711(current.codec) };
+    let rate = if current.opus { 48000 } else { 8000 };
+    let te = current.telephone_event.map(|pt| (pt, rate));
+    write_audio(&mut body, local.port, current.payload_type, wire, te, Direction::SendRecv);
+    body
+}
+
 /// Reads the answer to our offer (the ACK body of a delayed-offer call).
 pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError> {
     let audio = answer
@@ -563,7 +576,10 @@ mod tests {
         assert_eq!(e, SdpError::NoAudio);
         let r = e.rejection();
         assert_eq!(r.status, 488);
-        assert!(r.headers.iter().any(|(n, v)| *n == "Warning" && v.starts_with("304 precall \"")), "{r:?}");
+        assert!(
+            r.headers.iter().any(|(n, v)| *n == "Warning" && v.starts_with("304 precall \"")),
+            "{r:?}"
+        );
         for proto in ["RTP/SAVP", "UDP/TLS/RTP/SAVP", "RTP/SAVPF"] {
             let o = offer_with(&format!("m=audio 4000 {proto} 0\r\n"));
             let e = answer(&o, &local()).unwrap_err();
@@ -571,7 +587,10 @@ mod tests {
             let r = e.rejection();
             assert_eq!(r.status, 488, "{proto}");
             let warning = &r.headers.iter().find(|(n, _)| *n == "Warning").unwrap().1;
-            assert!(warning.starts_with("302 precall \"") && warning.contains(", 304 precall \""), "{warning}");
+            assert!(
+                warning.starts_with("302 precall \"") && warning.contains(", 304 precall \""),
+                "{warning}"
+            );
         }
         let e = answer(&offer_with("m=audio 4000 RTP/AVP 18\r\n"), &local()).unwrap_err();
         assert!(e.rejection().headers.iter().any(|(_, v)| v.starts_with("305 ")));
@@ -597,6 +616,17 @@ mod tests {
         let text = "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n";
         let o = SessionDescription::parse(text.as_bytes()).unwrap();
         assert_eq!(answer(&o, &local()).unwrap().0.direction, Direction::RecvOnly);
+    }
+
+    #[test]
+    fn a_reoffer_offers_the_session_as_it_stands() {
+        let o = offer_with("m=audio 4000 RTP/AVP 8 0 96\r\na=rtpmap:96 telephone-event/8000\r\na=sendonly\r\n");
+        let (n, _) = answer(&o, &local()).unwrap();
+        let body = reoffer(&local(), &n);
+        assert!(body.contains("m=audio 10000 RTP/AVP 8 96\r\n"), "{body}");
+        assert!(body.contains("a=sendrecv"), "{body}");
+        let echoed = accept_answer(&offer_with("m=audio 6000 RTP/AVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\n")).unwrap();
+        assert_eq!((echoed.codec, echoed.payload_type), (n.codec, n.payload_type));
     }
 
     #[test]
