@@ -5,6 +5,7 @@
 //! driven by thin tokio tasks (`sip::transport`, `server`). See
 //! `docs/ARCHITECTURE.md`.
 
+pub mod accept;
 pub mod call;
 pub mod caller_id;
 pub mod callers;

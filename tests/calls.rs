@@ -325,15 +325,7 @@ async fn garbage_sip_and_rtp_never_take_the_daemon_down() {
     }
     // Still alive: the call still gets media and the daemon still answers.
     assert!(c.recv_rtp(SEC).await.is_some());
-    let mut probe = Caller::udp(daemon.sip_addr).await;
-    probe
-        .send(&format!(
-            "OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-probe\r\nFrom: <sip:lb@{l}>;tag=1\r\nTo: <sip:{d}>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-            d = daemon.sip_addr,
-            l = probe.local
-        ))
-        .await;
-    let r = probe.recv_until(SEC, |m| m.status().is_some()).await.expect("OPTIONS answered");
+    let r = options_probe(&daemon).await;
     assert_eq!(r.status(), Some(200));
     assert!(r.header("Allow").is_some_and(|a| a.contains("INVITE")));
     assert_eq!(c.bye().await.status(), Some(200));
@@ -398,15 +390,7 @@ async fn drain_is_bounded_for_unacked_calls_and_unanswered_byes() {
     let started = std::time::Instant::now();
     daemon.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut probe = Caller::udp(daemon.sip_addr).await;
-    probe
-        .send(&format!(
-            "OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-drainprobe\r\nFrom: <sip:lb@{l}>;tag=1\r\nTo: <sip:{d}>\r\nCall-ID: drainprobe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-            d = daemon.sip_addr,
-            l = probe.local
-        ))
-        .await;
-    let r = probe.recv_until(SEC, |m| m.status().is_some()).await.expect("OPTIONS answered");
+    let r = options_probe(&daemon).await;
     assert_eq!(r.status(), Some(503), "a draining node says so to probes");
     let store = daemon.store.clone();
     let records = daemon.records.clone();
@@ -422,6 +406,20 @@ async fn drain_is_bounded_for_unacked_calls_and_unanswered_byes() {
         assert_eq!(row.end_reason.as_deref(), Some("shutdown"), "{row:?}");
         assert!(row.ended_at.is_some());
     }
+}
+
+/// An out-of-dialog OPTIONS, as a load balancer's probe sends it; the answer.
+async fn options_probe(daemon: &common::TestDaemon) -> common::Msg {
+    let mut probe = Caller::udp(daemon.sip_addr).await;
+    probe
+        .send(&format!(
+            "OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-probe{n}\r\nFrom: <sip:lb@{l}>;tag=1\r\nTo: <sip:{d}>\r\nCall-ID: probe{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            d = daemon.sip_addr,
+            l = probe.local,
+            n = common::rand_u64()
+        ))
+        .await;
+    probe.recv_until(SEC, |m| m.status().is_some()).await.expect("OPTIONS answered")
 }
 
 async fn wait_idle(daemon: &common::TestDaemon) {

@@ -132,6 +132,22 @@ struct MediaOut {
     inbound: Vec<u8>,
 }
 
+impl MediaOut {
+    /// A new SDP exchange settled the session. Learning reopens only when it
+    /// moves the media: a session refresh with the same address gives no one a
+    /// window to hijack.
+    fn renegotiated(&mut self, n: &Negotiated, now: Instant) {
+        if self.sdp_remote != Some(n.remote) {
+            self.sdp_remote = Some(n.remote);
+            self.dest = Some(n.remote);
+            self.latch.reset(n.remote, now);
+        }
+        if let Some(s) = self.sender.as_mut() {
+            s.set_payload_type(n.payload_type);
+        }
+    }
+}
+
 /// Runs one call to its end, then reports it finished.
 pub async fn run(mut ctx: CallContext, created: Instant) {
     let mut call = Call::new(created, ctx.limits);
@@ -449,16 +465,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
         Some(CallEvent::Reoffer(body)) => {
             let answer = reoffer(ctx, &body);
             if let Ok((n, _)) = &answer {
-                // Learning reopens only when the SDP moves the media: a session
-                // refresh with the same address gives no one a window to hijack.
-                if media.sdp_remote != Some(n.remote) {
-                    media.sdp_remote = Some(n.remote);
-                    media.dest = Some(n.remote);
-                    media.latch.reset(n.remote, now);
-                }
-                if let Some(s) = media.sender.as_mut() {
-                    s.set_payload_type(n.payload_type);
-                }
+                media.renegotiated(n, now);
                 set_direction(call, now, n.direction);
             }
             let answer = answer.map(|(_, body)| body.into_bytes());
@@ -490,15 +497,7 @@ fn ack_answer(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, body
         }
     };
     ctx.negotiated = Some(n);
-    // Learning (re)opens only when the answer names a new address.
-    if media.sdp_remote != Some(n.remote) {
-        media.dest = Some(n.remote);
-        media.sdp_remote = Some(n.remote);
-        media.latch.reset(n.remote, now);
-    }
-    if let Some(s) = media.sender.as_mut() {
-        s.set_payload_type(n.payload_type);
-    }
+    media.renegotiated(&n, now);
     call.handle(now, CallInput::Confirmed);
     set_direction(call, now, n.direction);
     if let Some(voice) = media.pending_voice.take() {

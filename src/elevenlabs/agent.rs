@@ -12,24 +12,11 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// An audio format the agent negotiates in `conversation_initiation_metadata`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioFormat {
-    /// Signed 16-bit little-endian mono PCM at this rate.
-    Pcm(u32),
-    /// G.711 μ-law, 8 kHz.
-    Ulaw8000,
-}
+// The format is the media layer's type; its ElevenLabs names (`pcm_16000`,
+// `ulaw_8000`) are this module's business.
+pub use crate::media::format::AudioFormat;
 
-impl AudioFormat {
-    pub fn rate(self) -> u32 {
-        match self {
-            AudioFormat::Pcm(r) => r,
-            AudioFormat::Ulaw8000 => 8000,
-        }
-    }
-}
-
+/// The names `conversation_initiation_metadata` uses.
 impl FromStr for AudioFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -28,7 +28,7 @@ pub async fn render_greeting(client: &Client, text: &str, voice_id: &str, data_d
             h.update(part.as_bytes());
             h.update([0]);
         }
-        crate::store::samples::hex(&h.finalize())
+        hex::encode(h.finalize())
     };
     let path = data_dir.join("tts").join(format!("{key}.ulaw"));
     let bytes = match tokio::fs::read(&path).await {

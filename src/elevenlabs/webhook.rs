@@ -77,7 +77,7 @@ impl Verifier {
     }
 
     pub fn finish(self) -> Result<(), WebhookError> {
-        let got = format!("v0={}", crate::store::samples::hex(&self.mac.finalize().into_bytes()));
+        let got = format!("v0={}", hex::encode(self.mac.finalize().into_bytes()));
         if bool::from(got.as_bytes().ct_eq(self.expected.as_bytes())) {
             Ok(())
         } else {
@@ -98,7 +98,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
-    format!("t={timestamp},v0={}", crate::store::samples::hex(&mac.finalize().into_bytes()))
+    format!("t={timestamp},v0={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]

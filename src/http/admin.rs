@@ -148,7 +148,7 @@ pub async fn statistics(State(state): State<AppState>, Query(q): Query<Since>) -
             let misses = s.clone_outcomes.get("cloned").copied().unwrap_or(0)
                 + s.clone_outcomes.get("failed").copied().unwrap_or(0)
                 + s.clone_outcomes.get("timeout").copied().unwrap_or(0);
-            let live = state.ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio_live.load(Ordering::Relaxed);
+            let live = state.ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio.live.load(Ordering::Relaxed);
             json_ok(json!({
                 "since": since_ms / 1000,
                 "calls": s.calls,

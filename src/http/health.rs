@@ -78,7 +78,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let sip = ctx.stats.sip_live(SIP_STALL);
     let draining = ctx.stats.draining.load(Ordering::Relaxed);
-    let live = ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio_live.load(Ordering::Relaxed);
+    let live = ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio.live.load(Ordering::Relaxed);
     let registrations: Vec<serde_json::Value> = ctx
         .stats
         .registrations
@@ -138,7 +138,7 @@ async fn reachable(ws_base: &str) -> bool {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let ctx = &state.ctx;
     metrics::gauge!("precall_live_calls", "protocol" => "sip").set(ctx.stats.live_calls.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("precall_live_calls", "protocol" => "twilio").set(state.twilio_live.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("precall_live_calls", "protocol" => "twilio").set(state.twilio.live.load(Ordering::Relaxed) as f64);
     metrics::gauge!("precall_draining").set(if ctx.stats.draining.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

@@ -34,7 +34,7 @@ use crate::media::prompt::Prompt;
 use crate::server::Stats;
 use crate::store::Store;
 use crate::store::writer::RecordSink;
-use crate::twilio::{self, TwilioCall};
+use crate::twilio::{self, TwilioShared, TwilioState};
 
 /// Everything the handlers share.
 pub struct HttpContext {
@@ -57,9 +57,8 @@ pub struct HttpContext {
 pub struct Shared {
     pub(crate) ctx: HttpContext,
     pub(crate) metrics: PrometheusHandle,
-    /// Twilio calls by precall call id, from the inbound webhook to the stream's end.
-    pub(crate) twilio_calls: Mutex<HashMap<String, TwilioCall>>,
-    pub(crate) twilio_live: AtomicUsize,
+    /// The Twilio ingress's own state (its calls, its live streams).
+    pub(crate) twilio: TwilioState,
     /// What `/health` reports, refreshed in the background.
     pub(crate) probe: health::Probe,
     pub(crate) admin_auth: admin::AuthLimiter,
@@ -68,6 +67,12 @@ pub struct Shared {
 }
 
 pub type AppState = Arc<Shared>;
+
+impl axum::extract::FromRef<AppState> for TwilioState {
+    fn from_ref(state: &AppState) -> TwilioState {
+        state.twilio.clone()
+    }
+}
 
 /// The process-wide Prometheus recorder (installed once; tests start several daemons).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -129,11 +134,21 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, shutdown: watch::Receiv
         tracing::warn!("SKIP_WEBHOOK_SIGNATURE_VALIDATION is on: Twilio webhooks are NOT authenticated. Never run like this in production");
     }
     let max_body = ctx.settings.raw.http.max_body_bytes;
+    let twilio_state = TwilioState(Arc::new(TwilioShared {
+        settings: ctx.settings.clone(),
+        records: ctx.records.clone(),
+        clone: ctx.clone.clone(),
+        agent: ctx.agent.clone(),
+        stats: ctx.stats.clone(),
+        greeting_wav: ctx.greeting_wav.clone(),
+        apology_ulaw: ctx.apology_ulaw.clone(),
+        calls: Mutex::new(HashMap::new()),
+        live: AtomicUsize::new(0),
+    }));
     let state: AppState = Arc::new(Shared {
         ctx,
         metrics: metrics_handle(),
-        twilio_calls: Mutex::new(HashMap::new()),
-        twilio_live: AtomicUsize::new(0),
+        twilio: twilio_state,
         probe: health::Probe::default(),
         admin_auth: admin::AuthLimiter::default(),
         webhook_inflight: AtomicUsize::new(0),

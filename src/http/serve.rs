@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::accept::AcceptBackoff;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -50,7 +51,7 @@ pub const BODY_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits, mut shutdown: watch::Receiver<bool>) {
     let global = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip: PerIp = Arc::default();
-    let mut backoff = Duration::ZERO;
+    let mut backoff = AcceptBackoff::new("http", "precall_http_accept_errors_total");
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -58,16 +59,11 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits, mut 
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
-                backoff = Duration::ZERO;
+                backoff.accepted();
                 pair
             }
             Err(e) => {
-                if backoff.is_zero() {
-                    tracing::warn!(error = %e, "HTTP accept failed; backing off");
-                    metrics::counter!("precall_http_accept_errors_total").increment(1);
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tokio::time::sleep(backoff).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };

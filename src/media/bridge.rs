@@ -12,10 +12,10 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
+use super::format::AudioFormat;
 use super::g711::{self, G711};
 use super::prompt::FRAME_SAMPLES;
 use super::resample::{ResampleError, StreamResampler};
-use crate::elevenlabs::agent::AudioFormat;
 
 #[derive(Debug, Error)]
 pub enum BridgeError {

@@ -3,6 +3,7 @@
 
 pub mod bridge;
 pub mod dtmf;
+pub mod format;
 pub mod g711;
 pub mod jitter;
 #[cfg(feature = "opus")]

@@ -54,7 +54,7 @@ impl Authenticator {
     fn sign(&self, ms: u64) -> String {
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(&ms.to_be_bytes());
-        crate::store::samples::hex(&mac.finalize().into_bytes()[..16])
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     /// The `WWW-Authenticate` value of a fresh challenge.

@@ -8,49 +8,9 @@
 
 use std::fmt;
 
-use super::message::ParseError;
+pub use super::syntax::{Params, is_token_byte, split_host_port, split_outside_quotes};
+use super::syntax::{ParseError, closing_quote, find_outside_quotes, unescape_quoted};
 use super::uri::Uri;
-
-/// `;name=value` parameters after a header value or URI, in their original order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, Option<String>)>);
-
-impl Params {
-    /// Parses `;a=b;c` (the leading `;` optional). Whitespace around separators is
-    /// dropped; quoted values keep their quotes' content.
-    pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut out = Vec::new();
-        for piece in split_outside_quotes(text, b';') {
-            let piece = piece.trim();
-            if piece.is_empty() {
-                continue;
-            }
-            let (name, value) = match piece.split_once('=') {
-                Some((n, v)) => (n.trim(), Some(v.trim())),
-                None => (piece, None),
-            };
-            if name.is_empty() || !name.bytes().all(is_token_byte) {
-                return Err(ParseError::header("parameter", format!("invalid parameter name {name:?}")));
-            }
-            let value = match value {
-                Some(v) if v.starts_with('"') => Some(unquote(v)?),
-                Some(v) => Some(v.to_owned()),
-                None => None,
-            };
-            out.push((name.to_ascii_lowercase(), value));
-        }
-        Ok(Params(out))
-    }
-
-    /// The value of `name` (`Some(None)` for a flag parameter such as `;lr`).
-    pub fn get(&self, name: &str) -> Option<Option<&str>> {
-        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref())
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-}
 
 /// The top `Via` value: enough to match transactions (RFC 3261 §17.2.3) and route
 /// responses (§18.2.2, RFC 3581).
@@ -213,110 +173,6 @@ impl fmt::Display for CSeq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.seq, self.method)
     }
-}
-
-/// RFC 3261 `token` characters.
-pub fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
-}
-
-/// Splits `text` on `sep` where it is not inside a quoted string or `<...>`.
-pub fn split_outside_quotes(text: &str, sep: u8) -> impl Iterator<Item = &str> {
-    let bytes = text.as_bytes();
-    let mut pieces = Vec::new();
-    let (mut start, mut quoted, mut angle, mut escaped) = (0, false, false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match b {
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b'<' if !quoted => angle = true,
-            b'>' if !quoted => angle = false,
-            _ if b == sep && !quoted && !angle => {
-                pieces.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    pieces.push(&text[start..]);
-    pieces.into_iter()
-}
-
-fn find_outside_quotes(text: &str, sep: u8) -> Option<usize> {
-    let mut quoted = false;
-    text.bytes().position(|b| {
-        if b == b'"' {
-            quoted = !quoted;
-        }
-        b == sep && !quoted
-    })
-}
-
-/// Index of the closing `"` in text that follows an opening quote.
-fn closing_quote(text: &str) -> Option<usize> {
-    let mut escaped = false;
-    for (i, b) in text.bytes().enumerate() {
-        match (escaped, b) {
-            (true, _) => escaped = false,
-            (false, b'\\') => escaped = true,
-            (false, b'"') => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn unescape_quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn unquote(text: &str) -> Result<String, ParseError> {
-    let inner = text.strip_prefix('"').unwrap_or(text);
-    let end = closing_quote(inner).ok_or_else(|| ParseError::header("parameter", "unterminated quoted value".to_owned()))?;
-    Ok(unescape_quoted(&inner[..end]))
-}
-
-/// `host[:port]`, with IPv6 references in brackets.
-pub fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let close = rest.find(']')?;
-        let host = &text[..close + 2];
-        let after = &rest[close + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        (host, port)
-    } else {
-        match text.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (text, None),
-        }
-    };
-    if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'<' || b == b'>' || b == b'"') {
-        return None;
-    }
-    let port = match port {
-        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
-        None => None,
-    };
-    Some((host.to_owned(), port))
 }
 
 #[cfg(test)]

@@ -11,37 +11,11 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use thiserror::Error;
 
-use super::header::{CSeq, NameAddr, Via, is_token_byte};
+use super::header::{CSeq, NameAddr, Via};
+pub use super::syntax::{MAX_MESSAGE_LEN, ParseError};
+use super::syntax::{is_token_byte, split_outside_quotes};
 use super::uri::Uri;
-
-/// Largest message we accept on any transport; bigger ones are not SIP traffic a
-/// UAS needs (RFC 3261 §18.1.1 puts the UDP path MTU far below this).
-pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum ParseError {
-    #[error("message is not valid UTF-8 in its start line or headers")]
-    NotUtf8,
-    #[error("no empty line ends the header section")]
-    Incomplete,
-    #[error("malformed start line: {0}")]
-    StartLine(String),
-    #[error("malformed header line {0:?}")]
-    HeaderLine(String),
-    #[error("bad {header}: {why}")]
-    Header { header: &'static str, why: String },
-    #[error("message of {0} bytes is larger than the {MAX_MESSAGE_LEN}-byte limit")]
-    TooLarge(usize),
-}
-
-impl ParseError {
-    pub fn header(header: &'static str, why: String) -> Self {
-        ParseError::Header { header, why }
-    }
-}
 
 /// Header names precall knows, with their compact forms (RFC 3261 §7.3.3 and later
 /// RFCs), so lookups need not care which form a peer used.
@@ -90,7 +64,7 @@ impl Headers {
     /// Every comma-separated value of a list header (`Via`, `Require`, `Accept`…).
     pub fn list<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.all(name)
-            .flat_map(|v| super::header::split_outside_quotes(v, b','))
+            .flat_map(|v| split_outside_quotes(v, b','))
             .map(str::trim)
             .filter(|v| !v.is_empty())
     }

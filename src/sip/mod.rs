@@ -10,6 +10,7 @@ pub mod header;
 pub mod message;
 pub mod register;
 pub mod sdp;
+pub mod syntax;
 pub mod transport;
 pub mod uri;
 

@@ -231,7 +231,7 @@ fn lock(t: &SharedTable) -> std::sync::MutexGuard<'_, ConnTable> {
 /// spinning, and is logged at most once per backoff cycle.
 pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, limits: TcpLimits, mut shutdown: watch::Receiver<bool>) {
     let table: SharedTable = Arc::default();
-    let mut backoff = Duration::ZERO;
+    let mut backoff = crate::accept::AcceptBackoff::new("sip-tcp", "precall_sip_tcp_accept_errors_total");
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -239,16 +239,11 @@ pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, 
         };
         let (stream, remote) = match accepted {
             Ok(pair) => {
-                backoff = Duration::ZERO;
+                backoff.accepted();
                 pair
             }
             Err(e) => {
-                if backoff.is_zero() {
-                    tracing::warn!(error = %e, "TCP accept failed; backing off");
-                    metrics::counter!("precall_sip_tcp_accept_errors_total").increment(1);
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tokio::time::sleep(backoff).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };

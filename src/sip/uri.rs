@@ -6,7 +6,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use super::header::{Params, split_host_port};
+use super::syntax::{Params, split_host_port};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid URI: {0}")]

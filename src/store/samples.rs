@@ -57,7 +57,7 @@ pub fn check(path: &Path) -> Result<CheckedSample, SampleError> {
         return Err(SampleError::Empty { path: name });
     }
     let extension = sniff(&bytes).ok_or(SampleError::NotAudio { path: name })?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(CheckedSample {
         source: path.to_path_buf(),
         extension,
@@ -113,11 +113,7 @@ pub fn combined_hash(samples: &[Sample]) -> String {
         h.update(s.sha256.as_bytes());
         h.update(b"\n");
     }
-    hex(&h.finalize())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
@@ -143,7 +139,7 @@ mod tests {
         assert_eq!(combined_hash(&stored).len(), 64);
         assert_ne!(combined_hash(&stored), combined_hash(&stored[..1]));
         assert_eq!(
-            hex(&Sha256::digest(b"abc")),
+            hex::encode(Sha256::digest(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

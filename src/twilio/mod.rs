@@ -7,13 +7,51 @@ pub mod stream;
 pub mod twiml;
 pub mod webhooks;
 
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::HeaderMap;
+use bytes::Bytes;
 
-use crate::clone::Resolution;
+use crate::clone::{CloneService, Resolution};
 use crate::config::Settings;
+use crate::elevenlabs::ws::AgentConfig;
+use crate::server::Stats;
 use crate::store::CallRow;
+use crate::store::writer::RecordSink;
+
+/// What the Twilio handlers share. The HTTP listener builds one and hands it to
+/// them as axum sub-state (`FromRef`), so this module does not depend on it.
+pub struct TwilioShared {
+    pub settings: Settings,
+    pub records: RecordSink,
+    pub clone: Option<CloneService>,
+    pub agent: Option<AgentConfig>,
+    /// The SIP side's counters: `limits.max_calls` covers both ingresses.
+    pub stats: Arc<Stats>,
+    /// The greeting as a μ-law WAV, for Twilio's `<Play>`.
+    pub greeting_wav: Bytes,
+    /// The apology as raw μ-law, for a stream whose agent failed.
+    pub apology_ulaw: Bytes,
+    /// Calls by precall call id, from the inbound webhook to the stream's end.
+    pub calls: Mutex<HashMap<String, TwilioCall>>,
+    /// Streams bridged right now.
+    pub live: AtomicUsize,
+}
+
+/// The handlers' handle on [`TwilioShared`] (a newtype, so that the HTTP
+/// listener can hand it out as sub-state).
+#[derive(Clone)]
+pub struct TwilioState(pub Arc<TwilioShared>);
+
+impl std::ops::Deref for TwilioState {
+    type Target = TwilioShared;
+    fn deref(&self) -> &TwilioShared {
+        &self.0
+    }
+}
 
 /// One Twilio call, from the inbound webhook to the end of its stream.
 #[derive(Debug, Clone)]

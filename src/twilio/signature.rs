@@ -111,7 +111,7 @@ pub fn validate(
         let want = url
             .split_once('?')
             .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("bodySHA256=")));
-        let got = crate::store::samples::hex(&sha2::Sha256::digest(body));
+        let got = hex::encode(sha2::Sha256::digest(body));
         if want.is_none_or(|w| !bool::from(w.as_bytes().ct_eq(got.as_bytes()))) {
             return false;
         }

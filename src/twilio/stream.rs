@@ -21,10 +21,10 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::TwilioState;
 use super::{TwilioCall, public_base, verify};
 use crate::elevenlabs::agent::ClientMessage;
 use crate::elevenlabs::ws::{self, AgentCommand, AgentEvent, Conversation};
-use crate::http::AppState;
 use crate::media::bridge::Bridge;
 use crate::media::g711::G711;
 use crate::store::records::{CloneEvent, new_id};
@@ -32,12 +32,12 @@ use crate::store::{CallRow, Record, now_ms};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
-    let base = super::ws_base(&public_base(&state.ctx.settings, &headers));
+pub async fn upgrade(State(state): State<TwilioState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let base = super::ws_base(&public_base(&state.settings, &headers));
     let url = format!("{base}/twilio/media");
     // Twilio signs the Stream URL with no parameters; its docs say to try the
     // trailing-slash form too.
-    let ok = verify(&state.ctx.settings, &headers, &url, &[]) || verify(&state.ctx.settings, &headers, &format!("{url}/"), &[]);
+    let ok = verify(&state.settings, &headers, &url, &[]) || verify(&state.settings, &headers, &format!("{url}/"), &[]);
     if !ok {
         tracing::warn!(%url, "Media Streams handshake with a missing or invalid X-Twilio-Signature refused");
         return (StatusCode::FORBIDDEN, "Forbidden: invalid X-Twilio-Signature\n").into_response();
@@ -53,7 +53,7 @@ enum End {
     Error(String),
 }
 
-async fn session(mut socket: WebSocket, state: AppState) {
+async fn session(mut socket: WebSocket, state: TwilioState) {
     // `connected`, then `start` with the stream sid and our call id.
     let mut start = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -75,37 +75,37 @@ async fn session(mut socket: WebSocket, state: AppState) {
         .to_owned();
     let call_sid = start["start"]["callSid"].as_str().unwrap_or_default().to_owned();
     let call = {
-        let calls = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner());
+        let calls = state.calls.lock().unwrap_or_else(|p| p.into_inner());
         calls
             .get(&call_id)
             .or_else(|| calls.values().find(|c| c.call_sid == call_sid))
             .cloned()
     };
-    let (Some(call), Some(agent)) = (call, state.ctx.agent.clone()) else {
+    let (Some(call), Some(agent)) = (call, state.agent.clone()) else {
         tracing::warn!(%call_id, %call_sid, "Media Stream for an unknown call (or no agent configured): closing");
         let _ = socket.send(close(1008, "unknown call")).await;
         return;
     };
-    state.twilio_live.fetch_add(1, Ordering::Relaxed);
+    state.live.fetch_add(1, Ordering::Relaxed);
     let mut row = call.row.clone();
     let end = bridge(&mut socket, &state, &call, &mut row, agent, &stream_sid).await;
-    state.twilio_live.fetch_sub(1, Ordering::Relaxed);
+    state.live.fetch_sub(1, Ordering::Relaxed);
     let _ = socket.send(close(1000, "call over")).await;
     finish(&state, call, row, end);
 }
 
 async fn bridge(
     socket: &mut WebSocket,
-    state: &AppState,
+    state: &TwilioState,
     call: &TwilioCall,
     row: &mut CallRow,
     agent: ws::AgentConfig,
     stream_sid: &str,
 ) -> End {
-    let voice_id = call.resolution.as_ref().map_or_else(
-        || state.ctx.settings.raw.elevenlabs.default_voice_id.clone(),
-        |r| r.voice_id.clone(),
-    );
+    let voice_id = call
+        .resolution
+        .as_ref()
+        .map_or_else(|| state.settings.raw.elevenlabs.default_voice_id.clone(), |r| r.voice_id.clone());
     let max_queue = agent.max_queue_seconds;
     let (cmd_tx, cmd_rx) = mpsc::channel::<AgentCommand>(64);
     let (ev_tx, mut events) = mpsc::channel::<AgentEvent>(256);
@@ -169,8 +169,8 @@ async fn bridge(
                             row.revision += 1;
                             row.conversation_id = Some(conversation_id);
                             row.bridged_at = Some(now_ms());
-                            state.ctx.records.submit(Record::Call(Box::new(row.clone())));
-                            state.ctx.records.submit(Record::CloneEvent(CloneEvent::Transfer {
+                            state.records.submit(Record::Call(Box::new(row.clone())));
+                            state.records.submit(Record::CloneEvent(CloneEvent::Transfer {
                                 event_id: new_id(),
                                 call_id: row.call_id.clone(),
                                 voice_id: row.voice_id.clone().unwrap_or_default(),
@@ -226,7 +226,7 @@ async fn bridge(
                             ending = Some(End::AgentEnded);
                         } else {
                             let _ = send(socket, json!({"event": "clear", "streamSid": stream_sid})).await;
-                            let _ = send_media(socket, stream_sid, &state.ctx.apology_ulaw).await;
+                            let _ = send_media(socket, stream_sid, &state.apology_ulaw).await;
                             ending = Some(End::AgentError(code));
                         }
                         // Close once Twilio has played everything before this mark.
@@ -250,12 +250,8 @@ async fn bridge(
     }
 }
 
-fn finish(state: &AppState, call: TwilioCall, mut row: CallRow, end: End) {
-    state
-        .twilio_calls
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&call.row.call_id);
+fn finish(state: &TwilioState, call: TwilioCall, mut row: CallRow, end: End) {
+    state.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&call.row.call_id);
     row.revision += 1;
     row.ended_at = Some(now_ms());
     let (reason, status) = match &end {
@@ -271,7 +267,7 @@ fn finish(state: &AppState, call: TwilioCall, mut row: CallRow, end: End) {
     tracing::info!(call = %row.call_id, call_sid = %call.call_sid, caller = ?row.caller, reason = %reason, duration_ms = call.started.elapsed().as_millis() as u64, "Twilio call ended");
     row.end_reason = Some(reason);
     row.end_status = status;
-    state.ctx.records.submit(Record::Call(Box::new(row)));
+    state.records.submit(Record::Call(Box::new(row)));
 }
 
 async fn send_media(socket: &mut WebSocket, stream_sid: &str, ulaw: &[u8]) -> Result<(), axum::Error> {

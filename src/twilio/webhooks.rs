@@ -12,9 +12,9 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::TwilioState;
 use super::{TwilioCall, public_base, twiml, verify};
 use crate::clone::{Outcome, Resolution};
-use crate::http::AppState;
 use crate::store::records::new_id;
 use crate::store::{CallRow, Record, now_ms};
 
@@ -27,10 +27,10 @@ fn xml(body: String) -> Response {
     clippy::result_large_err,
     reason = "the error is the response itself, built once per refused request"
 )]
-fn authenticate(state: &AppState, headers: &HeaderMap, uri: &OriginalUri, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
+fn authenticate(state: &TwilioState, headers: &HeaderMap, uri: &OriginalUri, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
     let params: Vec<(String, String)> =
         serde_urlencoded::from_bytes(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad form body: {e}\n")).into_response())?;
-    let settings = &state.ctx.settings;
+    let settings = &state.settings;
     let path = uri.0.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", public_base(settings, headers));
     if !verify(settings, headers, &url, &params) {
@@ -44,12 +44,12 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: OriginalUri, body: Bytes) -> Response {
+pub async fn inbound(State(state): State<TwilioState>, headers: HeaderMap, uri: OriginalUri, body: Bytes) -> Response {
     let params = match authenticate(&state, &headers, &uri, &body) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let ctx = &state.ctx;
+    let ctx = &*state;
     let Some(call_sid) = param(&params, "CallSid").map(str::to_owned) else {
         return (StatusCode::BAD_REQUEST, "CallSid is required\n").into_response();
     };
@@ -57,14 +57,14 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
     let redirect = format!("{base}/webhooks/status-callback");
     // A retried webhook for a call we already have: answer the same way.
     let known = state
-        .twilio_calls
+        .calls
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .values()
         .any(|c| c.call_sid == call_sid);
     if !known {
-        let live = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner()).len()
-            + ctx.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed);
+        let live =
+            state.calls.lock().unwrap_or_else(|p| p.into_inner()).len() + ctx.stats.live_calls.load(std::sync::atomic::Ordering::Relaxed);
         if live >= ctx.settings.raw.limits.max_calls {
             tracing::warn!(%call_sid, "Twilio call refused: at limits.max_calls");
             return xml(twiml::hangup(Some("Sorry, all our lines are busy. Please call again later.")));
@@ -87,7 +87,7 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
         tracing::info!(call = %row.call_id, %call_sid, caller = ?caller, "Twilio call started");
         let started = Instant::now();
         let call_id = row.call_id.clone();
-        state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        state.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(
             call_id.clone(),
             TwilioCall {
                 call_sid,
@@ -99,22 +99,22 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
         // The clone starts now, while Twilio plays the greeting.
         let state2 = state.clone();
         tokio::spawn(async move {
-            let resolution = match &state2.ctx.clone {
+            let resolution = match &state2.clone {
                 Some(service) => service.resolve(&call_id, caller.as_deref(), started).await,
                 None => Resolution {
-                    voice_id: state2.ctx.settings.raw.elevenlabs.default_voice_id.clone(),
+                    voice_id: state2.settings.raw.elevenlabs.default_voice_id.clone(),
                     outcome: Outcome::Unmapped,
                     waited: started.elapsed(),
                     caller_id: caller,
                 },
             };
             crate::clone::record_metrics(&resolution);
-            let mut calls = state2.twilio_calls.lock().unwrap_or_else(|p| p.into_inner());
+            let mut calls = state2.calls.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(call) = calls.get_mut(&call_id) {
                 call.row.revision += 1;
                 call.row.clone_outcome = Some(resolution.outcome.as_str().to_owned());
                 call.row.voice_id = Some(resolution.voice_id.clone());
-                state2.ctx.records.submit(Record::Call(Box::new(call.row.clone())));
+                state2.records.submit(Record::Call(Box::new(call.row.clone())));
                 call.resolution = Some(resolution);
             }
         });
@@ -130,15 +130,15 @@ pub async fn inbound(State(state): State<AppState>, headers: HeaderMap, uri: Ori
 
 const FINAL_STATUSES: &[&str] = &["completed", "busy", "failed", "no-answer", "canceled"];
 
-pub async fn status_callback(State(state): State<AppState>, headers: HeaderMap, uri: OriginalUri, body: Bytes) -> Response {
+pub async fn status_callback(State(state): State<TwilioState>, headers: HeaderMap, uri: OriginalUri, body: Bytes) -> Response {
     let params = match authenticate(&state, &headers, &uri, &body) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let ctx = &state.ctx;
+    let ctx = &*state;
     let call_sid = param(&params, "CallSid").unwrap_or_default();
     let status = param(&params, "CallStatus").unwrap_or("in-progress");
-    let mut calls = state.twilio_calls.lock().unwrap_or_else(|p| p.into_inner());
+    let mut calls = state.calls.lock().unwrap_or_else(|p| p.into_inner());
     let Some((call_id, call)) = calls.iter_mut().find(|(_, c)| c.call_sid == call_sid).map(|(k, v)| (k.clone(), v)) else {
         // Unknown or already finished (the stream closed the record).
         return xml(if FINAL_STATUSES.contains(&status) {
@@ -174,10 +174,10 @@ pub async fn status_callback(State(state): State<AppState>, headers: HeaderMap, 
     xml(twiml::connect(&stream, &call_id))
 }
 
-pub async fn greeting_wav(State(state): State<AppState>) -> Response {
+pub async fn greeting_wav(State(state): State<TwilioState>) -> Response {
     (
         [("content-type", "audio/wav"), ("cache-control", "public, max-age=300")],
-        state.ctx.greeting_wav.clone(),
+        state.greeting_wav.clone(),
     )
         .into_response()
 }
