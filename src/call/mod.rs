@@ -1,10 +1,13 @@
 //! The per-call state machine: what a call does, with no IO inside.
 //!
-//! The call task feeds it signalling events, the arrival of caller RTP and timer
-//! ticks, each with an injected `Instant`, and carries out the [`CallAction`]s it
-//! returns. It owns the call's timers (maximum duration, RTP inactivity) and
-//! decides the end reason recorded for every call. Later stages (clone, agent
-//! bridge) add states between `Greeting` and `Ending`.
+//! The call task feeds it signalling events, the arrival of caller RTP, the
+//! voice decision and timer ticks, each with an injected `Instant`, and carries
+//! out the [`CallAction`]s it returns. It owns the call's timers (maximum
+//! duration, RTP inactivity, hold), decides the end reason recorded for every
+//! call, and decides when the agent conversation opens: once the call is
+//! confirmed by the ACK, its media negotiated (for a delayed offer, by the
+//! ACK's answer) and its voice decided, whichever of the three comes last, and
+//! only once.
 
 pub mod agent;
 pub mod task;
@@ -120,6 +123,11 @@ pub enum CallInput {
         we_send: bool,
         caller_sends: bool,
     },
+    /// The offer/answer exchange has settled the media (at admission for an
+    /// offer in the INVITE, with the ACK's answer for a delayed offer).
+    Negotiated,
+    /// The voice the agent speaks in is decided (a clone, the cache, or the default).
+    VoiceDecided(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +138,8 @@ pub enum CallAction {
     StopMedia,
     /// Send BYE with this reason.
     Hangup(EndReason),
+    /// Open the agent conversation in this voice (at most once per call).
+    ConnectAgent(String),
     /// The call is over; record it and free its resources.
     Ended(EndReason),
 }
@@ -146,6 +156,9 @@ pub struct Call {
     we_send: bool,
     ending: Option<EndReason>,
     actions: VecDeque<CallAction>,
+    negotiated: bool,
+    voice: Option<String>,
+    agent_connected: bool,
 }
 
 impl Call {
@@ -161,6 +174,9 @@ impl Call {
             we_send: true,
             ending: None,
             actions: VecDeque::new(),
+            negotiated: false,
+            voice: None,
+            agent_connected: false,
         }
     }
 
@@ -234,6 +250,28 @@ impl Call {
                 self.we_send = we_send;
                 self.caller_sends = caller_sends;
             }
+            CallInput::Negotiated => self.negotiated = true,
+            CallInput::VoiceDecided(voice) => {
+                self.voice.get_or_insert(voice);
+            }
+        }
+        self.maybe_connect_agent();
+    }
+
+    /// The hand-off decision, revisited after every input: the agent opens when
+    /// the last of confirmation, negotiation and the voice arrives, however long
+    /// the ACK took, and never for a call that is ending.
+    fn maybe_connect_agent(&mut self) {
+        if self.agent_connected
+            || self.confirmed.is_none()
+            || !self.negotiated
+            || !matches!(self.state, CallState::Answering | CallState::Greeting)
+        {
+            return;
+        }
+        if let Some(voice) = self.voice.clone() {
+            self.agent_connected = true;
+            self.actions.push_back(CallAction::ConnectAgent(voice));
         }
     }
 
@@ -434,6 +472,55 @@ mod tests {
             c.handle_timeout(t0 + Duration::from_secs(300));
             assert!(drain(&mut c).contains(&CallAction::Hangup(EndReason::RtpTimeout)));
         }
+    }
+
+    fn connects(c: &mut Call) -> Vec<String> {
+        drain(c)
+            .into_iter()
+            .filter_map(|a| match a {
+                CallAction::ConnectAgent(v) => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue 13 #1 as a state-machine property: the agent opens when the last
+    /// of ACK, negotiation and voice arrives, in any order and after any delay,
+    /// exactly once, and never for a call that never confirms or is ending.
+    #[test]
+    fn the_agent_connects_when_the_last_condition_arrives_in_any_order() {
+        let t0 = Instant::now();
+        let inputs = [CallInput::Confirmed, CallInput::Negotiated, CallInput::VoiceDecided("v".into())];
+        for order in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+            let mut c = Call::new(t0, limits());
+            let mut connected = Vec::new();
+            for (step, i) in order.iter().enumerate() {
+                // An ACK one second (or a minute) late changes nothing.
+                let at = t0 + Duration::from_secs(step as u64 * 30);
+                c.handle(at, inputs[*i].clone());
+                connected.extend(connects(&mut c));
+                if step < 2 {
+                    assert!(connected.is_empty(), "{order:?}: connected before step 3");
+                }
+            }
+            assert_eq!(connected, vec!["v".to_owned()], "{order:?}");
+            c.handle(t0, CallInput::VoiceDecided("w".into()));
+            c.handle(t0, CallInput::Confirmed);
+            c.handle(t0, CallInput::Negotiated);
+            assert!(connects(&mut c).is_empty(), "{order:?}: only once");
+        }
+        // Never confirmed: never connected.
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::Negotiated);
+        c.handle(t0, CallInput::VoiceDecided("v".into()));
+        c.handle(t0 + Duration::from_secs(32), CallInput::AckTimeout);
+        assert!(connects(&mut c).is_empty());
+        // Confirmed without an answer (a delayed offer's empty ACK): ending, never connected.
+        let mut c = Call::new(t0, limits());
+        c.handle(t0, CallInput::VoiceDecided("v".into()));
+        c.handle(t0, CallInput::ConfirmedWithoutAnswer);
+        c.handle(t0, CallInput::Negotiated);
+        assert!(connects(&mut c).is_empty());
     }
 
     #[test]

@@ -125,8 +125,6 @@ struct MediaOut {
     agent: Option<AgentLink>,
     /// The agent's transfer tool call waiting for the REFER's outcome.
     transfer: Option<String>,
-    /// The call's voice, decided before the ACK: the agent connects on the ACK.
-    pending_voice: Option<String>,
     /// The codec on the wire (G.711 as is, Opus transcoded).
     wire: Option<WireCodec>,
     inbound: Vec<u8>,
@@ -167,20 +165,23 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         digits: String::new(),
         agent: None,
         transfer: None,
-        pending_voice: None,
         wire: None,
         inbound: Vec::with_capacity(480),
     };
     let mut recv_buf = [0u8; 2048];
     tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
 
+    // An offer in the INVITE settled the media at admission.
+    if ctx.negotiated.is_some() {
+        call.handle(created, CallInput::Negotiated);
+    }
     let mut answer_at = None;
     if ctx.answer_delay.is_zero() {
         ctx.row.answered_at = Some(ctx.row.started_at);
         if ctx.negotiated.is_some() {
             call.handle(created, CallInput::Answered);
         }
-        start_clone(&ctx, &call, &mut media, created);
+        start_clone(&ctx, &mut call, created);
     } else {
         answer_at = Some(crate::deadline::after(created, ctx.answer_delay));
     }
@@ -314,6 +315,7 @@ async fn carry_out(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut)
             CallAction::Hangup(reason) => {
                 let _ = ctx.commands.send(SipCommand::Hangup { call: ctx.key, reason }).await;
             }
+            CallAction::ConnectAgent(voice) => connect_agent(ctx, media, voice),
             CallAction::Ended(reason) => ended = Some(reason),
         }
     }
@@ -329,7 +331,7 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         ctx.row.revision += 1;
         ctx.row.answered_at = Some(now_ms());
         ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
-        start_clone(ctx, call, media, now);
+        start_clone(ctx, call, now);
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
         }
@@ -443,13 +445,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             tracing::info!(call = %ctx.key, "ACK carried no SDP answer to our offer; ending the call");
             call.handle(now, CallInput::ConfirmedWithoutAnswer);
         }
-        Some(CallEvent::Input(input)) => {
-            let confirms = input == CallInput::Confirmed;
-            call.handle(now, input);
-            if confirms && let Some(voice) = media.pending_voice.take() {
-                connect_agent(ctx, call, media, voice);
-            }
-        }
+        Some(CallEvent::Input(input)) => call.handle(now, input),
         Some(CallEvent::AckBody(body)) => ack_answer(ctx, call, media, &body, now),
         Some(CallEvent::CloneResolved(r)) => {
             tracing::info!(call = %ctx.key, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
@@ -458,7 +454,7 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
             ctx.row.clone_outcome = Some(r.outcome.as_str().to_owned());
             ctx.row.voice_id = Some(r.voice_id.clone());
             ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
-            connect_agent(ctx, call, media, r.voice_id);
+            call.handle(now, CallInput::VoiceDecided(r.voice_id));
         }
         Some(CallEvent::Agent(ev)) => agent_event(ctx, media, ev).await,
         Some(CallEvent::Refer(progress)) => refer_progress(ctx, call, media, progress, now),
@@ -498,23 +494,15 @@ fn ack_answer(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, body
     };
     ctx.negotiated = Some(n);
     media.renegotiated(&n, now);
+    call.handle(now, CallInput::Negotiated);
     call.handle(now, CallInput::Confirmed);
     set_direction(call, now, n.direction);
-    if let Some(voice) = media.pending_voice.take() {
-        connect_agent(ctx, call, media, voice);
-    }
 }
 
-/// Opens the agent conversation in `voice_id`; the greeting keeps playing until
-/// the agent's first audio is queued. Only once the ACK has confirmed the call
-/// (and, for a delayed offer, brought the answer): until then the voice waits in
-/// `pending_voice`, so a call that is never acknowledged costs no agent
-/// connection and no queued agent audio, and a late ACK still bridges.
-fn connect_agent(ctx: &CallContext, call: &Call, media: &mut MediaOut, voice_id: String) {
-    if call.confirmed_at().is_none() || ctx.negotiated.is_none() {
-        media.pending_voice = Some(voice_id);
-        return;
-    }
+/// Opens the agent conversation in `voice_id` ([`CallAction::ConnectAgent`]:
+/// the call machine decides when); the greeting keeps playing until the
+/// agent's first audio is queued.
+fn connect_agent(ctx: &CallContext, media: &mut MediaOut, voice_id: String) {
     let (Some(config), Some(n)) = (ctx.agent.clone(), ctx.negotiated) else {
         return;
     };
@@ -631,10 +619,10 @@ fn record_hand_off(ctx: &mut CallContext, gap_ms: u64) {
 /// Starts resolving the call's voice in the background; the greeting keeps
 /// playing meanwhile, and the answer comes back as [`CallEvent::CloneResolved`].
 /// Without a clone service the agent starts at once in its default voice.
-fn start_clone(ctx: &CallContext, call: &Call, media: &mut MediaOut, started: Instant) {
+fn start_clone(ctx: &CallContext, call: &mut Call, started: Instant) {
     let Some(service) = ctx.clone.clone() else {
         if let Some(voice) = ctx.agent.as_ref().map(|a| a.default_voice_id.clone()) {
-            connect_agent(ctx, call, media, voice);
+            call.handle(started, CallInput::VoiceDecided(voice));
         }
         return;
     };
