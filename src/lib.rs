@@ -11,14 +11,17 @@ pub mod caller_id;
 pub mod callers;
 pub mod clone;
 pub mod config;
+pub mod daemon;
 pub mod deadline;
 pub mod elevenlabs;
 pub mod fdlimit;
 pub mod http;
 pub mod media;
-pub mod server;
 pub mod sim;
 pub mod sip;
 pub mod store;
 pub mod systemd;
 pub mod twilio;
+
+/// The daemon's runtime under its former name.
+pub use daemon as server;

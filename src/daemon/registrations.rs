@@ -1,0 +1,90 @@
+//! Trunk registrations (`[[sip.registrations]]`) from the SIP task's side:
+//! ticking the sans-IO `Registration`s, sending their REGISTERs on UDP or their
+//! own TCP connection, feeding them responses, unREGISTER at shutdown, and
+//! publishing their state for `/health` and `/metrics`.
+
+use super::*;
+
+impl SipTask {
+    /// Our address as the peer sees it: the listen address, or (listening on
+    /// 0.0.0.0) the source address the kernel routes towards the peer.
+    /// Sends whatever the registrations want to send now, and publishes their states.
+    pub(super) async fn registration_ticks(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        for (i, r) in self.registrations.iter_mut().enumerate() {
+            if let Some(bytes) = r.handle_timeout(now) {
+                out.push((i, bytes));
+            }
+        }
+        for (i, bytes) in out {
+            self.send_registration(i, bytes).await;
+        }
+        self.publish_registrations();
+    }
+
+    /// UDP from the SIP socket, or TCP over the registration's own connection
+    /// (opened, or reopened, on demand).
+    pub(super) async fn send_registration(&mut self, i: usize, bytes: Vec<u8>) {
+        let Some(r) = self.registrations.get(i) else { return };
+        let target = r.target();
+        if !r.tcp() {
+            let _ = self.udp.send_to(&bytes, target).await;
+            return;
+        }
+        let bytes = Bytes::from(bytes);
+        if let Some(writer) = self.reg_conns.get(&i).and_then(|id| self.tcp_writers.get(id))
+            && writer.try_send(bytes.clone()).is_ok()
+        {
+            return;
+        }
+        self.reg_conns.remove(&i);
+        transport::connect_outbound(target, i, bytes, self.inbound_tx.clone());
+    }
+
+    pub(super) async fn registration_response(&mut self, now: Instant, resp: &crate::sip::message::Response) {
+        let mut out = Vec::new();
+        for (i, r) in self.registrations.iter_mut().enumerate() {
+            if r.owns(resp) {
+                let before = r.state().clone();
+                if let Some(bytes) = r.handle_response(now, resp) {
+                    out.push((i, bytes));
+                }
+                if *r.state() != before {
+                    tracing::info!(aor = %r.aor(), state = ?r.state(), status = resp.status, "registration");
+                }
+            }
+        }
+        for (i, bytes) in out {
+            self.send_registration(i, bytes).await;
+        }
+        self.publish_registrations();
+    }
+
+    pub(super) async fn unregister_all(&mut self) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (i, r) in self.registrations.iter_mut().enumerate() {
+            if let Some(bytes) = r.unregister(now) {
+                tracing::info!(aor = %r.aor(), "unregistering (Expires: 0)");
+                out.push((i, bytes));
+            }
+        }
+        for (i, bytes) in out {
+            self.send_registration(i, bytes).await;
+        }
+    }
+
+    pub(super) fn publish_registrations(&self) {
+        if self.registrations.is_empty() {
+            return;
+        }
+        let states: Vec<(String, RegState)> = self.registrations.iter().map(|r| (r.aor().to_owned(), r.state().clone())).collect();
+        let mut shared = self.stats.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        if *shared != states {
+            for (aor, state) in &states {
+                metrics::gauge!("precall_registration_up", "aor" => aor.clone()).set(if state.is_registered() { 1.0 } else { 0.0 });
+            }
+            *shared = states;
+        }
+    }
+}
