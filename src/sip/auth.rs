@@ -8,7 +8,7 @@
 //! digest itself is computed by the `digest_auth` crate (MD5 or SHA-256,
 //! `qop=auth`) and compared in constant time.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use subtle::ConstantTimeEq;
@@ -33,22 +33,29 @@ pub enum AuthFailure {
     Invalid,
 }
 
+/// Stateless nonces: `<ms>.<HMAC(key, ms)>`, where `ms` counts from the
+/// authenticator's epoch (the first instant it was asked about). Time and the
+/// key are injected, so a simulated run is reproducible; a restart changes the
+/// key, which makes every older nonce invalid, not merely stale.
 #[derive(Debug)]
 pub struct Authenticator {
     config: AuthConfig,
     secret: [u8; 32],
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 impl Authenticator {
-    pub fn new(config: AuthConfig) -> Self {
+    pub fn new(config: AuthConfig, secret: [u8; 32]) -> Self {
         Authenticator {
             config,
-            secret: rand::random(),
+            secret,
+            epoch: std::sync::OnceLock::new(),
         }
     }
 
-    fn now_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    fn ms(&self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        now.saturating_duration_since(epoch).as_millis() as u64
     }
 
     fn sign(&self, ms: u64) -> String {
@@ -58,8 +65,8 @@ impl Authenticator {
     }
 
     /// The `WWW-Authenticate` value of a fresh challenge.
-    pub fn challenge(&self, stale: bool) -> String {
-        let ms = Self::now_ms();
+    pub fn challenge(&self, now: Instant, stale: bool) -> String {
+        let ms = self.ms(now);
         let nonce = format!("{ms:x}.{}", self.sign(ms));
         let stale = if stale { ", stale=true" } else { "" };
         format!(
@@ -70,7 +77,7 @@ impl Authenticator {
 
     /// Checks an `Authorization` (or `Proxy-Authorization`) value for `method`;
     /// the username on success.
-    pub fn verify(&self, method: &str, authorization: Option<&str>) -> Result<String, AuthFailure> {
+    pub fn verify(&self, now: Instant, method: &str, authorization: Option<&str>) -> Result<String, AuthFailure> {
         let header = authorization.ok_or(AuthFailure::Missing)?;
         let parsed = digest_auth::AuthorizationHeader::parse(header).map_err(|_| AuthFailure::Invalid)?;
         if parsed.realm != self.config.realm {
@@ -99,7 +106,7 @@ impl Authenticator {
         if !bool::from(expected.response.as_bytes().ct_eq(parsed.response.as_bytes())) {
             return Err(AuthFailure::Invalid);
         }
-        let age = Self::now_ms().saturating_sub(ms);
+        let age = self.ms(now).saturating_sub(ms);
         if age > self.config.nonce_lifetime.as_millis() as u64 {
             return Err(AuthFailure::Stale);
         }
@@ -112,11 +119,14 @@ mod tests {
     use super::*;
 
     fn auth(lifetime: Duration) -> Authenticator {
-        Authenticator::new(AuthConfig {
-            realm: "precall".into(),
-            users: vec![("pbx".into(), "s3cret".into())],
-            nonce_lifetime: lifetime,
-        })
+        Authenticator::new(
+            AuthConfig {
+                realm: "precall".into(),
+                users: vec![("pbx".into(), "s3cret".into())],
+                nonce_lifetime: lifetime,
+            },
+            [7; 32],
+        )
     }
 
     fn answer(challenge: &str, user: &str, password: &str) -> String {
@@ -134,37 +144,39 @@ mod tests {
     #[test]
     fn a_right_answer_passes_and_wrong_ones_do_not() {
         let a = auth(Duration::from_secs(300));
-        assert_eq!(a.verify("INVITE", None), Err(AuthFailure::Missing));
-        let challenge = a.challenge(false);
+        let t0 = Instant::now();
+        assert_eq!(a.verify(t0, "INVITE", None), Err(AuthFailure::Missing));
+        let challenge = a.challenge(t0, false);
         assert!(challenge.contains(r#"realm="precall""#) && challenge.contains(r#"qop="auth""#));
-        assert_eq!(a.verify("INVITE", Some(&answer(&challenge, "pbx", "s3cret"))), Ok("pbx".into()));
+        assert_eq!(a.verify(t0, "INVITE", Some(&answer(&challenge, "pbx", "s3cret"))), Ok("pbx".into()));
         assert_eq!(
-            a.verify("INVITE", Some(&answer(&challenge, "pbx", "guess"))),
+            a.verify(t0, "INVITE", Some(&answer(&challenge, "pbx", "guess"))),
             Err(AuthFailure::Invalid)
         );
         assert_eq!(
-            a.verify("INVITE", Some(&answer(&challenge, "eve", "s3cret"))),
+            a.verify(t0, "INVITE", Some(&answer(&challenge, "eve", "s3cret"))),
             Err(AuthFailure::Invalid)
         );
         assert_eq!(
-            a.verify("BYE", Some(&answer(&challenge, "pbx", "s3cret"))),
+            a.verify(t0, "BYE", Some(&answer(&challenge, "pbx", "s3cret"))),
             Err(AuthFailure::Invalid),
             "bound to the method"
         );
         // A nonce made up by the caller (or another node's) is refused.
         let forged = answer(&challenge.replace("nonce=\"", "nonce=\"1"), "pbx", "s3cret");
-        assert_eq!(a.verify("INVITE", Some(&forged)), Err(AuthFailure::Invalid));
+        assert_eq!(a.verify(t0, "INVITE", Some(&forged)), Err(AuthFailure::Invalid));
     }
 
     #[test]
     fn an_old_nonce_is_stale_not_wrong() {
         let a = auth(Duration::ZERO);
-        let challenge = a.challenge(false);
-        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        let challenge = a.challenge(t0, false);
+        let t0 = t0 + Duration::from_millis(5);
         assert_eq!(
-            a.verify("INVITE", Some(&answer(&challenge, "pbx", "s3cret"))),
+            a.verify(t0, "INVITE", Some(&answer(&challenge, "pbx", "s3cret"))),
             Err(AuthFailure::Stale)
         );
-        assert!(a.challenge(true).ends_with("stale=true"));
+        assert!(a.challenge(t0, true).ends_with("stale=true"));
     }
 }

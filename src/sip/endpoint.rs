@@ -17,10 +17,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
 
 use super::header::{NameAddr, Via};
 use super::message::{self, MessageWriter, RawMessage, Rejection, Request, Response, StartLine};
+use super::tokens::Tokens;
 use super::{Flow, Transmit, Transport};
 
 /// Methods this UAS implements; sent in `Allow`.
@@ -243,12 +243,20 @@ pub struct Endpoint {
     next_id: u64,
     /// Shutting down: OPTIONS probes hear 503, so a dispatcher stops sending.
     draining: bool,
+    /// Tags and branches (injected randomness: seeded in tests).
+    tokens: Tokens,
 }
 
 impl Endpoint {
     pub fn new(config: EndpointConfig) -> Self {
+        Self::with_tokens(config, Tokens::from_os())
+    }
+
+    /// An endpoint whose tags, branches and nonce key come from `tokens`
+    /// (a seeded source makes a simulated run reproducible).
+    pub fn with_tokens(config: EndpointConfig, tokens: Tokens) -> Self {
         Endpoint {
-            authenticator: config.auth.clone().map(crate::sip::auth::Authenticator::new),
+            authenticator: config.auth.clone().map(|a| crate::sip::auth::Authenticator::new(a, tokens.key())),
             config,
             server: HashMap::new(),
             server_index: HashMap::new(),
@@ -262,6 +270,7 @@ impl Endpoint {
             refusals: VecDeque::new(),
             next_id: 1,
             draining: false,
+            tokens,
         }
     }
 
@@ -447,12 +456,6 @@ const DUMMY_FLOW: Flow = Flow {
     remote: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
     local: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
 };
-
-pub fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
-}
 
 mod dialog;
 mod session_timer;

@@ -11,6 +11,7 @@ pub mod message;
 pub mod register;
 pub mod sdp;
 pub mod syntax;
+pub mod tokens;
 pub mod transport;
 pub mod uri;
 

@@ -12,8 +12,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::endpoint::random_token;
 use super::message::{MessageWriter, Response};
+use super::tokens::Tokens;
 
 /// One registration, from settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,15 +73,21 @@ pub struct Registration {
     backoff: Duration,
     /// Expires of the REGISTER in flight (0 = unregister).
     asking: u32,
+    tokens: Tokens,
 }
 
 impl Registration {
     pub fn new(cfg: RegistrationConfig, local: SocketAddr, now: Instant) -> Self {
+        Self::with_tokens(cfg, local, now, Tokens::from_os())
+    }
+
+    /// A registration whose Call-ID, tag and branches come from `tokens`.
+    pub fn with_tokens(cfg: RegistrationConfig, local: SocketAddr, now: Instant, tokens: Tokens) -> Self {
         Registration {
             cfg,
             local,
-            call_id: format!("{}@precall", random_token(16)),
-            from_tag: random_token(10),
+            call_id: format!("{}@precall", tokens.token(16)),
+            from_tag: tokens.token(10),
             cseq: 0,
             state: RegState::Registering,
             challenge: None,
@@ -90,6 +96,7 @@ impl Registration {
             next_at: Some(now),
             backoff: Duration::from_secs(1),
             asking: 0,
+            tokens,
         }
     }
 
@@ -236,7 +243,7 @@ impl Registration {
         if expires > 0 && !self.state.is_registered() {
             self.state = RegState::Registering;
         }
-        let branch = format!("z9hG4bK{}", random_token(16));
+        let branch = format!("z9hG4bK{}", self.tokens.token(16));
         let contact = self.contact();
         let mut w = MessageWriter::request("REGISTER", &self.cfg.registrar);
         let token = if self.cfg.tcp { "TCP" } else { "UDP" };

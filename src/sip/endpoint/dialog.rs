@@ -202,7 +202,7 @@ impl Endpoint {
         let Timers { t1, .. } = self.config.timers;
         let Some(d) = self.dialogs.get_mut(&call) else { return };
         d.local_cseq += 1;
-        let branch = format!("z9hG4bK{}", random_token(16));
+        let branch = format!("z9hG4bK{}", self.tokens.token(16));
         let flow = d.flow;
         let mut w = dialog_request(d, self.config.public_addr, method, &branch, d.local_cseq);
         for (name, value) in extra {
@@ -239,7 +239,7 @@ impl Endpoint {
     pub(super) fn send_ack(&mut self, call: CallKey, cseq: u32, branch: Option<String>) {
         let Some(d) = self.dialogs.get(&call) else { return };
         let flow = d.flow;
-        let branch = branch.unwrap_or_else(|| format!("z9hG4bK{}", random_token(16)));
+        let branch = branch.unwrap_or_else(|| format!("z9hG4bK{}", self.tokens.token(16)));
         let data = dialog_request(d, self.config.public_addr, "ACK", &branch, cseq).finish(None, &[]);
         self.outputs.push_back(Output::Transmit(Transmit { flow, data }));
     }

@@ -2,6 +2,7 @@
 //! sleeps, no sockets.
 
 use super::*;
+use crate::sip::tokens::Tokens;
 
 const T1: Duration = Duration::from_millis(500);
 
@@ -25,13 +26,17 @@ impl Harness {
     }
 
     fn with_flow(flow: Flow) -> Self {
-        let ep = Endpoint::new(EndpointConfig {
-            user_agent: "precall-test".into(),
-            timers: Timers::default(),
-            public_addr: None,
-            session: Default::default(),
-            auth: None,
-        });
+        // Seeded tokens: every run of these tests sends the same bytes.
+        let ep = Endpoint::with_tokens(
+            EndpointConfig {
+                user_agent: "precall-test".into(),
+                timers: Timers::default(),
+                public_addr: None,
+                session: Default::default(),
+                auth: None,
+            },
+            Tokens::from_seed(1),
+        );
         Harness {
             ep,
             now: Instant::now(),

@@ -153,7 +153,7 @@ impl Endpoint {
         for name in ["From", "To", "Call-ID", "CSeq"] {
             if let Some(v) = raw.headers.get(name) {
                 if name == "To" && !v.contains("tag=") {
-                    w.header(name, format!("{v};tag={}", random_token(10)));
+                    w.header(name, format!("{v};tag={}", self.tokens.token(10)));
                 } else {
                     w.header(name, v);
                 }
@@ -272,7 +272,7 @@ impl Endpoint {
     ) -> Vec<u8> {
         // Every non-100 response carries a To tag (§8.2.6.2).
         let tag = if status > 100 && req.to.tag().is_none() {
-            Some(random_token(10))
+            Some(self.tokens.token(10))
         } else {
             None
         };

@@ -44,9 +44,9 @@ impl Endpoint {
         // Digest authentication of new calls (re-INVITEs are in a dialog already).
         if let Some(a) = &self.authenticator {
             let credentials = req.headers.get("Authorization").or_else(|| req.headers.get("Proxy-Authorization"));
-            if let Err(failure) = a.verify("INVITE", credentials) {
+            if let Err(failure) = a.verify(now, "INVITE", credentials) {
                 let stale = failure == crate::sip::auth::AuthFailure::Stale;
-                let r = Rejection::new(401, "Unauthorized").with_header("WWW-Authenticate", a.challenge(stale));
+                let r = Rejection::new(401, "Unauthorized").with_header("WWW-Authenticate", a.challenge(now, stale));
                 return self.refuse(now, flow, req, key, r);
             }
         }
@@ -56,7 +56,7 @@ impl Endpoint {
         };
         let call = CallKey(self.next_id());
         let tx = self.new_server_tx(key.clone(), true, flow, Some(call));
-        let local_tag = random_token(10);
+        let local_tag = self.tokens.token(10);
         let local_party = format!("{};tag={local_tag}", req.headers.get("To").unwrap_or_default());
         let remote_target = req
             .headers
