@@ -227,7 +227,6 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
 
     let stats = receiver.stats();
     let mut row = std::mem::take(&mut ctx.row);
-    row.revision += 1;
     row.ended_at = Some(now_ms());
     row.end_reason = Some(reason.as_str().to_owned());
     if media.started.is_some() {
@@ -249,7 +248,7 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
         row.end_status = Some(i64::from(code));
     }
     let row_mos = row.rtp_in_mos_x100.map(|m| m as f64 / 100.0);
-    ctx.records.submit(Record::Call(Box::new(row)));
+    ctx.records.submit_final(row);
     let bridge = media.agent.as_ref().and_then(AgentLink::bridge_stats).unwrap_or_default();
     metrics::counter!("precall_calls_total", "protocol" => "sip", "reason" => reason.as_str().to_owned()).increment(1);
     if let Some(s) = media.sender.as_ref() {
@@ -328,9 +327,7 @@ async fn tick(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, answ
         *answer_at = None;
         let sdp = std::mem::take(&mut ctx.answer_sdp);
         let _ = ctx.commands.send(SipCommand::Accept { call: ctx.key, sdp }).await;
-        ctx.row.revision += 1;
-        ctx.row.answered_at = Some(now_ms());
-        ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+        ctx.records.revise(&mut ctx.row, |row| row.answered_at = Some(now_ms()));
         start_clone(ctx, call, now);
         if ctx.negotiated.is_some() {
             call.handle(now, CallInput::Answered);
@@ -450,10 +447,10 @@ async fn event(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, ev:
         Some(CallEvent::CloneResolved(r)) => {
             tracing::info!(call = %ctx.key, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
             crate::clone::record_metrics(&r);
-            ctx.row.revision += 1;
-            ctx.row.clone_outcome = Some(r.outcome.as_str().to_owned());
-            ctx.row.voice_id = Some(r.voice_id.clone());
-            ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+            ctx.records.revise(&mut ctx.row, |row| {
+                row.clone_outcome = Some(r.outcome.as_str().to_owned());
+                row.voice_id = Some(r.voice_id.clone());
+            });
             call.handle(now, CallInput::VoiceDecided(r.voice_id));
         }
         Some(CallEvent::Agent(ev)) => agent_event(ctx, media, ev).await,
@@ -529,9 +526,7 @@ async fn agent_event(ctx: &mut CallContext, media: &mut MediaOut, ev: AgentEvent
         Ok(LinkAction::Conversation(id)) => {
             let (input, output) = link.formats().unzip();
             tracing::info!(call = %ctx.key, conversation = %id, input = ?input, output = ?output, "agent conversation started");
-            ctx.row.revision += 1;
-            ctx.row.conversation_id = Some(id);
-            ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+            ctx.records.revise(&mut ctx.row, |row| row.conversation_id = Some(id));
         }
         Ok(LinkAction::Transfer { tool_call_id, destination }) => {
             if destination.trim().is_empty() || media.transfer.is_some() {
@@ -602,9 +597,7 @@ fn refer_progress(ctx: &mut CallContext, call: &mut Call, media: &mut MediaOut, 
 /// The caller now hears the agent: `bridged_at` and a `clone_transfer_events` row.
 fn record_hand_off(ctx: &mut CallContext, gap_ms: u64) {
     let waited_ms = ctx.row.answered_at.map_or(0, |a| (now_ms() - a).max(0));
-    ctx.row.revision += 1;
-    ctx.row.bridged_at = Some(now_ms());
-    ctx.records.submit(Record::Call(Box::new(ctx.row.clone())));
+    ctx.records.revise(&mut ctx.row, |row| row.bridged_at = Some(now_ms()));
     ctx.records.submit(Record::CloneEvent(CloneEvent::Transfer {
         event_id: new_id(),
         call_id: ctx.row.call_id.clone(),

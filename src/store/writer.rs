@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::records::Record;
+use super::records::{CallRow, Record};
 
 /// How often the writer records that this node is alive (`node_heartbeats`).
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -68,6 +68,22 @@ enum Command {
 }
 
 impl RecordSink {
+    /// A new revision of a live call's record: bump the revision, apply
+    /// `change`, submit a copy. The one way both ingresses update `call_log`
+    /// while a call runs, so no path can forget the bump (the upsert ignores a
+    /// row whose revision is not higher than the stored one).
+    pub fn revise(&self, row: &mut CallRow, change: impl FnOnce(&mut CallRow)) {
+        row.revision += 1;
+        change(row);
+        self.submit(Record::Call(Box::new(row.clone())));
+    }
+
+    /// The last revision of a call's record (its end), taken by value.
+    pub fn submit_final(&self, mut row: CallRow) {
+        row.revision += 1;
+        self.submit(Record::Call(Box::new(row)));
+    }
+
     /// Hands a record to the writer. If the queue is full (the writer is stuck on
     /// a slow disk), a task carries the record instead of the caller waiting: the
     /// number of such tasks is bounded by the calls in flight.

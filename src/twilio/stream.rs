@@ -166,10 +166,10 @@ async fn bridge(
                     AgentEvent::Ready { conversation_id, input, output } => match Bridge::new(G711::Ulaw, input, output, max_queue) {
                         Ok(b) => {
                             bridge = Some(b);
-                            row.revision += 1;
-                            row.conversation_id = Some(conversation_id);
-                            row.bridged_at = Some(now_ms());
-                            state.records.submit(Record::Call(Box::new(row.clone())));
+                            state.records.revise(row, |row| {
+                                row.conversation_id = Some(conversation_id);
+                                row.bridged_at = Some(now_ms());
+                            });
                             state.records.submit(Record::CloneEvent(CloneEvent::Transfer {
                                 event_id: new_id(),
                                 call_id: row.call_id.clone(),
@@ -252,7 +252,6 @@ async fn bridge(
 
 fn finish(state: &TwilioState, call: TwilioCall, mut row: CallRow, end: End) {
     state.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&call.row.call_id);
-    row.revision += 1;
     row.ended_at = Some(now_ms());
     let (reason, status) = match &end {
         End::CallerHungUp => ("caller_bye".to_owned(), None),
@@ -267,7 +266,7 @@ fn finish(state: &TwilioState, call: TwilioCall, mut row: CallRow, end: End) {
     tracing::info!(call = %row.call_id, call_sid = %call.call_sid, caller = ?row.caller, reason = %reason, duration_ms = call.started.elapsed().as_millis() as u64, "Twilio call ended");
     row.end_reason = Some(reason);
     row.end_status = status;
-    state.records.submit(Record::Call(Box::new(row)));
+    state.records.submit_final(row);
 }
 
 async fn send_media(socket: &mut WebSocket, stream_sid: &str, ulaw: &[u8]) -> Result<(), axum::Error> {

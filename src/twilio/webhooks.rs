@@ -111,10 +111,10 @@ pub async fn inbound(State(state): State<TwilioState>, headers: HeaderMap, uri: 
             crate::clone::record_metrics(&resolution);
             let mut calls = state2.calls.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(call) = calls.get_mut(&call_id) {
-                call.row.revision += 1;
-                call.row.clone_outcome = Some(resolution.outcome.as_str().to_owned());
-                call.row.voice_id = Some(resolution.voice_id.clone());
-                state2.records.submit(Record::Call(Box::new(call.row.clone())));
+                state2.records.revise(&mut call.row, |row| {
+                    row.clone_outcome = Some(resolution.outcome.as_str().to_owned());
+                    row.voice_id = Some(resolution.voice_id.clone());
+                });
                 call.resolution = Some(resolution);
             }
         });
@@ -151,14 +151,13 @@ pub async fn status_callback(State(state): State<TwilioState>, headers: HeaderMa
         let mut row = call.row.clone();
         calls.remove(&call_id);
         drop(calls);
-        row.revision += 1;
         row.ended_at = Some(now_ms());
         row.end_reason = Some(if status == "completed" {
             "caller_bye".into()
         } else {
             format!("twilio_{}", status.replace('-', "_"))
         });
-        ctx.records.submit(Record::Call(Box::new(row)));
+        ctx.records.submit_final(row);
         metrics::counter!("precall_calls_total", "protocol" => "twilio", "reason" => "caller_bye").increment(1);
         tracing::info!(call = %call_id, %call_sid, %status, "Twilio call ended before its stream");
         return xml(twiml::empty());
