@@ -225,16 +225,20 @@ async fn a_silent_hold_outlasts_the_rtp_timeout() {
         s.rtp.hold_timeout_seconds = 4;
     })
     .await;
-    for hold in ["sendonly", "inactive"] {
+    // On hold by re-INVITE, and on hold from the INVITE itself.
+    for (hold, from_the_start) in [("sendonly", false), ("inactive", false), ("sendonly", true)] {
         let mut c = Caller::udp(daemon.sip_addr).await;
-        c.invite(&offer(c.rtp_port(), "0", "sendrecv")).await;
+        let first = if from_the_start { hold } else { "sendrecv" };
+        c.invite(&offer(c.rtp_port(), "0", first)).await;
         c.final_response(SEC).await;
         c.ack("").await;
-        c.cseq += 1;
-        let text = c.in_dialog("INVITE", c.cseq, &format!("z9hG4bK-{hold}"), &offer(c.rtp_port(), "0", hold), "");
-        c.send(&text).await;
-        c.recv_until(SEC, |m| m.status() == Some(200)).await.expect("hold answered");
-        c.ack("").await;
+        if !from_the_start {
+            c.cseq += 1;
+            let text = c.in_dialog("INVITE", c.cseq, &format!("z9hG4bK-{hold}"), &offer(c.rtp_port(), "0", hold), "");
+            c.send(&text).await;
+            c.recv_until(SEC, |m| m.status() == Some(200)).await.expect("hold answered");
+            c.ack("").await;
+        }
         // Three times the RTP timeout in silence, on hold: no BYE.
         assert!(
             c.recv_until(SEC * 3, |m| m.method() == Some("BYE")).await.is_none(),

@@ -171,9 +171,11 @@ pub async fn run(mut ctx: CallContext, created: Instant) {
     let mut recv_buf = [0u8; 2048];
     tracing::info!(call = %ctx.key, call_id = %ctx.sip_call_id, caller = %ctx.caller, callee = %ctx.callee, peer = %ctx.peer, "call started");
 
-    // An offer in the INVITE settled the media at admission.
-    if ctx.negotiated.is_some() {
+    // An offer in the INVITE settled the media at admission, and maybe a hold
+    // from the start (a transfer onto us, a PBX that starts calls inactive).
+    if let Some(n) = ctx.negotiated {
         call.handle(created, CallInput::Negotiated);
+        set_direction(&mut call, created, n.direction);
     }
     let mut answer_at = None;
     if ctx.answer_delay.is_zero() {
