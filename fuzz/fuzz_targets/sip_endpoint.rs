@@ -130,6 +130,7 @@ impl Sim {
                 match out {
                     Output::Transmit(t) => self.learn_tag(&t.data),
                     Output::Event(ev) => self.event(ev),
+                    Output::Response(_) => {}
                 }
             }
             for (key, call) in self.calls.iter_mut() {

@@ -494,6 +494,8 @@ impl SipTask {
             match out {
                 Output::Transmit(t) => self.transmit(t.flow, t.data).await,
                 Output::Event(ev) => self.event(ev),
+                Output::Response(r) if r.cseq.method == "REGISTER" => self.registration_response(Instant::now(), &r).await,
+                Output::Response(r) => tracing::debug!(status = r.status, method = %r.cseq.method, "response to no transaction of ours"),
             }
         }
         while let Some(r) = self.endpoint.poll_refusal() {
@@ -545,16 +547,6 @@ impl SipTask {
         let now = Instant::now();
         let (verdict, log) = self.guard.check(now, flow.remote.ip(), data);
         match verdict {
-            Verdict::Pass if !self.registrations.is_empty() && data.starts_with(b"SIP/2.0") => {
-                let response = crate::sip::message::parse(data)
-                    .ok()
-                    .and_then(crate::sip::message::Response::validate)
-                    .filter(|r| r.cseq.method == "REGISTER");
-                match response {
-                    Some(r) => self.registration_response(now, &r).await,
-                    None => self.endpoint.handle_datagram(now, flow, data),
-                }
-            }
             Verdict::Pass => self.endpoint.handle_datagram(now, flow, data),
             Verdict::Refuse(r) => {
                 metrics::counter!("precall_sip_refused_total", "status" => r.status.to_string()).increment(1);

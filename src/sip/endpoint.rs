@@ -107,6 +107,10 @@ pub enum ReferProgress {
 pub enum Output {
     Transmit(Transmit),
     Event(SipEvent),
+    /// A valid response that belongs to none of the endpoint's transactions:
+    /// a trunk registration's (`sip::register` runs those), or a stray. Parsed
+    /// once, here, and handed on.
+    Response(Box<Response>),
 }
 
 /// A request we refused, for the caller to log once with the peer address.

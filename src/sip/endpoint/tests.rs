@@ -86,6 +86,7 @@ impl Harness {
                     sent.push(String::from_utf8(t.data).unwrap());
                 }
                 Output::Event(e) => events.push(e),
+                Output::Response(_) => {}
             }
         }
     }

@@ -189,8 +189,10 @@ impl Endpoint {
     // ---- ACK, CANCEL, in-dialog requests ---------------------------------------
 
     pub(super) fn handle_response(&mut self, now: Instant, resp: Response) {
-        let Some(branch) = resp.via.branch() else { return };
-        let Some(&id) = self.client_index.get(branch) else { return };
+        let Some(&id) = resp.via.branch().and_then(|b| self.client_index.get(b)) else {
+            self.outputs.push_back(Output::Response(Box::new(resp)));
+            return;
+        };
         let t4 = self.config.timers.t4;
         let Some(tx) = self.client.get_mut(&id) else { return };
         if tx.method == "INVITE" && resp.cseq.method == "INVITE" && resp.status >= 200 {
