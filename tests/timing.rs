@@ -87,7 +87,10 @@ async fn first_packet_and_pacing_over_five_seconds() {
     // some runs. What this test guards is the mechanism: a pacer that slept
     // 20 ms per frame would drift (the span check below), one that bursts
     // frames would show gaps near 20 ms.
-    assert!(p99 <= 10_000, "inter-packet gap p99 deviation {p99} us > 10 ms: frames are bursting");
+    assert!(
+        p99 <= 10_000,
+        "inter-packet gap p99 deviation {p99} us > 10 ms: frames are bursting"
+    );
     assert!(
         (span - expected_span).abs() <= 20_000,
         "drift: span {span} us for {} packets",
