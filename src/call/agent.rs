@@ -8,10 +8,10 @@
 //! the first agent frame goes out on the very tick after the last greeting/hold
 //! frame. The number of silent frames between them is recorded (`gap_ms`).
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use base64::Engine as _;
-use tokio::sync::mpsc;
 
 use super::EndReason;
 use crate::elevenlabs::agent::{AudioFormat, ClientMessage};
@@ -54,8 +54,12 @@ pub struct HandOff {
     pub gap_ms: u64,
 }
 
+/// Messages for the agent not yet taken by the call's shell; beyond this the
+/// WebSocket is not keeping up and caller audio is dropped, not queued.
+const MAX_OUTBOX: usize = 64;
+
 pub struct AgentLink {
-    commands: mpsc::Sender<AgentCommand>,
+    outbox: VecDeque<AgentCommand>,
     codec: G711,
     max_queue_seconds: u32,
     bridge: Option<Bridge>,
@@ -85,9 +89,9 @@ impl std::fmt::Debug for AgentLink {
 }
 
 impl AgentLink {
-    pub fn new(commands: mpsc::Sender<AgentCommand>, codec: G711, max_queue_seconds: u32) -> Self {
+    pub fn new(codec: G711, max_queue_seconds: u32) -> Self {
         AgentLink {
-            commands,
+            outbox: VecDeque::with_capacity(8),
             codec,
             max_queue_seconds,
             bridge: None,
@@ -140,9 +144,16 @@ impl AgentLink {
     }
 
     fn send(&mut self, json: String) {
-        if self.commands.try_send(AgentCommand::Text(json)).is_err() {
+        if self.outbox.len() >= MAX_OUTBOX {
             self.dropped_chunks += 1;
+        } else {
+            self.outbox.push_back(AgentCommand::Text(json));
         }
+    }
+
+    /// The next message for the agent's WebSocket.
+    pub fn poll_command(&mut self) -> Option<AgentCommand> {
+        self.outbox.pop_front()
     }
 
     /// An event from the WebSocket task.

@@ -104,35 +104,47 @@ impl SipTask {
         };
         let answer_delay = Duration::from_millis(self.settings.raw.sip.answer_delay_ms);
         let (events_tx, events_rx) = mpsc::channel(256);
-        let ctx = CallContext {
-            key: call,
-            sip_call_id: request.call_id.clone(),
-            caller: row.caller.clone().unwrap_or_else(|| "anonymous".into()),
-            callee: request.uri.user_decoded().unwrap_or_default(),
-            peer: flow.remote,
-            socket,
+        let prompts = self.prompts.read().unwrap_or_else(|p| p.into_inner());
+        let setup = CallSetup {
             local,
             negotiated,
-            player: {
-                let p = self.prompts.read().unwrap_or_else(|p| p.into_inner());
-                Player::new(p.greeting.clone(), p.hold.clone())
-            },
+            player: Player::new(prompts.greeting.clone(), prompts.hold.clone()),
+            apology: prompts.apology.clone(),
             limits: CallLimits {
                 max_duration: Duration::from_secs(self.settings.raw.limits.max_call_seconds),
                 rtp_timeout: Duration::from_secs(self.settings.raw.rtp.timeout_seconds),
                 hold_timeout: Duration::from_secs(self.settings.raw.rtp.hold_timeout_seconds),
             },
-            events: events_rx,
-            commands: self.cmd_tx.clone(),
             answer_delay,
             answer_sdp: body.clone().into_bytes(),
             row,
+            cloning: self.clone.is_some(),
+            agent: self.agent.as_ref().map(|a| AgentPlan {
+                default_voice_id: a.default_voice_id.clone(),
+                max_queue_seconds: a.max_queue_seconds,
+            }),
+            strict_rtp_source: self.settings.raw.rtp.strict_source,
+            seeds: Seeds {
+                ssrc: rng.random(),
+                sequence: rng.random(),
+                timestamp: rng.random(),
+                hand_off_event: new_id(),
+            },
+        };
+        drop(prompts);
+        let ctx = CallContext {
+            key: call,
+            sip_call_id: request.call_id.clone(),
+            callee: request.uri.user_decoded().unwrap_or_default(),
+            peer: flow.remote,
+            socket,
+            events: events_rx,
+            commands: self.cmd_tx.clone(),
             records: self.records.clone(),
             clone: self.clone.clone(),
             self_events: events_tx.clone(),
             agent: self.agent.clone(),
-            apology: self.prompts.read().unwrap_or_else(|p| p.into_inner()).apology.clone(),
-            strict_rtp_source: self.settings.raw.rtp.strict_source,
+            setup,
         };
         if answer_delay.is_zero() {
             self.endpoint.accept(now, call, body.as_bytes());
@@ -142,7 +154,7 @@ impl SipTask {
         self.calls.insert(call, CallEntry { events: events_tx });
         self.stats.live_calls.store(self.calls.len(), Ordering::Relaxed);
         self.stats.calls_total.fetch_add(1, Ordering::Relaxed);
-        let mut crash_row = ctx.row.clone();
+        let mut crash_row = ctx.setup.row.clone();
         let records = self.records.clone();
         let commands = self.cmd_tx.clone();
         let running = tokio::spawn(task::run(ctx, now));
