@@ -18,8 +18,12 @@
 //!   timers into the machine and carrying out its outputs.
 
 pub mod agent;
+#[cfg(test)]
+mod harness;
 pub mod lifecycle;
 pub mod machine;
+#[cfg(test)]
+mod scenarios;
 pub mod task;
 
 pub use lifecycle::{CallAction, CallInput, CallState, Lifecycle};
