@@ -215,47 +215,6 @@ async fn hold_and_resume_with_reinvite() {
     wait_idle(&daemon).await;
 }
 
-/// Issue 13 #5: a caller on hold that sends nothing is not cut off by the RTP
-/// timeout; the (longer) hold timeout applies instead, and after resuming the
-/// RTP timeout is back.
-#[tokio::test]
-async fn a_silent_hold_outlasts_the_rtp_timeout() {
-    let daemon = start_daemon(|s| {
-        s.rtp.timeout_seconds = 1;
-        s.rtp.hold_timeout_seconds = 4;
-    })
-    .await;
-    // On hold by re-INVITE, and on hold from the INVITE itself.
-    for (hold, from_the_start) in [("sendonly", false), ("inactive", false), ("sendonly", true)] {
-        let mut c = Caller::udp(daemon.sip_addr).await;
-        let first = if from_the_start { hold } else { "sendrecv" };
-        c.invite(&offer(c.rtp_port(), "0", first)).await;
-        c.final_response(SEC).await;
-        c.ack("").await;
-        if !from_the_start {
-            c.cseq += 1;
-            let text = c.in_dialog("INVITE", c.cseq, &format!("z9hG4bK-{hold}"), &offer(c.rtp_port(), "0", hold), "");
-            c.send(&text).await;
-            c.recv_until(SEC, |m| m.status() == Some(200)).await.expect("hold answered");
-            c.ack("").await;
-        }
-        // Three times the RTP timeout in silence, on hold: no BYE.
-        assert!(
-            c.recv_until(SEC * 3, |m| m.method() == Some("BYE")).await.is_none(),
-            "{hold} hold was cut off by the RTP timeout"
-        );
-        // Past the hold timeout: BYE.
-        let bye = c
-            .recv_until(SEC * 3, |m| m.method() == Some("BYE"))
-            .await
-            .unwrap_or_else(|| panic!("{hold}: the hold timeout never ended the call"));
-        c.ok_to(&bye).await;
-        wait_idle(&daemon).await;
-        let row = daemon.store.call_by_external_id(&c.call_id).await.unwrap().unwrap().row;
-        assert_eq!(row.end_reason.as_deref(), Some("rtp_timeout"));
-    }
-}
-
 #[tokio::test]
 async fn cancel_while_ringing_gets_200_and_487() {
     let daemon = start_daemon(|s| s.sip.answer_delay_ms = 2000).await;

@@ -468,6 +468,8 @@ mod uas;
 
 use transaction::{server_key, server_key_for};
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 mod tests;
 
 pub use session_timer::SessionTimerConfig;

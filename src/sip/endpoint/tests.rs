@@ -6,9 +6,9 @@ use crate::sip::tokens::Tokens;
 
 const T1: Duration = Duration::from_millis(500);
 
-struct Harness {
-    ep: Endpoint,
-    now: Instant,
+pub(super) struct Harness {
+    pub(super) ep: Endpoint,
+    pub(super) now: Instant,
     flow: Flow,
 }
 
@@ -26,13 +26,21 @@ impl Harness {
     }
 
     fn with_flow(flow: Flow) -> Self {
+        Self::with(flow, SessionTimerConfig::default())
+    }
+
+    pub(super) fn with_session(session: SessionTimerConfig) -> Self {
+        Self::with(udp_flow(), session)
+    }
+
+    fn with(flow: Flow, session: SessionTimerConfig) -> Self {
         // Seeded tokens: every run of these tests sends the same bytes.
         let ep = Endpoint::with_tokens(
             EndpointConfig {
                 user_agent: "precall-test".into(),
                 timers: Timers::default(),
                 public_addr: None,
-                session: Default::default(),
+                session,
                 auth: None,
             },
             Tokens::from_seed(1),
@@ -44,12 +52,12 @@ impl Harness {
         }
     }
 
-    fn feed(&mut self, msg: &str) {
+    pub(super) fn feed(&mut self, msg: &str) {
         self.ep.handle_datagram(self.now, self.flow, msg.as_bytes());
     }
 
     /// Runs timers until `at` and returns everything produced on the way.
-    fn advance_to(&mut self, at: Instant) -> (Vec<String>, Vec<SipEvent>) {
+    pub(super) fn advance_to(&mut self, at: Instant) -> (Vec<String>, Vec<SipEvent>) {
         let mut sent = Vec::new();
         let mut events = Vec::new();
         loop {
@@ -66,12 +74,12 @@ impl Harness {
         (sent, events)
     }
 
-    fn advance(&mut self, by: Duration) -> (Vec<String>, Vec<SipEvent>) {
+    pub(super) fn advance(&mut self, by: Duration) -> (Vec<String>, Vec<SipEvent>) {
         let at = self.now + by;
         self.advance_to(at)
     }
 
-    fn drain(&mut self) -> (Vec<String>, Vec<SipEvent>) {
+    pub(super) fn drain(&mut self) -> (Vec<String>, Vec<SipEvent>) {
         let mut sent = Vec::new();
         let mut events = Vec::new();
         self.collect(&mut sent, &mut events);
@@ -92,7 +100,7 @@ impl Harness {
     }
 }
 
-fn invite(branch: &str, extra: &str, body: &str) -> String {
+pub(super) fn invite(branch: &str, extra: &str, body: &str) -> String {
     format!(
         "INVITE sip:+15550001111@192.0.2.1:5060 SIP/2.0\r\n\
          Via: SIP/2.0/UDP 192.0.2.7:5062;branch={branch};rport\r\n\
@@ -108,13 +116,13 @@ fn invite(branch: &str, extra: &str, body: &str) -> String {
     )
 }
 
-const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+pub(super) const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
 
-fn status(msg: &str) -> u16 {
+pub(super) fn status(msg: &str) -> u16 {
     msg.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| {
         l.split_once(':')
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -122,11 +130,11 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn to_tag(msg: &str) -> Option<String> {
+pub(super) fn to_tag(msg: &str) -> Option<String> {
     header(msg, "To").and_then(|t| t.split(";tag=").nth(1)).map(str::to_owned)
 }
 
-fn in_dialog(method: &str, cseq: u32, to_tag: &str, branch: &str) -> String {
+pub(super) fn in_dialog(method: &str, cseq: u32, to_tag: &str, branch: &str) -> String {
     format!(
         "{method} sip:precall@192.0.2.1:5060 SIP/2.0\r\n\
          Via: SIP/2.0/UDP 192.0.2.7:5062;branch={branch}\r\n\
