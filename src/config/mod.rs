@@ -59,6 +59,7 @@ pub struct Settings {
     pub rtp_ports: (u16, u16),
     pub greeting_file: Option<PathBuf>,
     pub hold_file: Option<PathBuf>,
+    pub apology_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub data_dir: PathBuf,
     pub database_url: String,
@@ -257,6 +258,7 @@ impl Settings {
         let greeting_file = file("greeting.file", &raw.greeting.file)?;
         let music_file = file("greeting.music_file", &raw.greeting.music_file)?;
         let hold_file = music_file.filter(|_| raw.greeting.music_enabled);
+        let apology_file = file("greeting.apology_file", &raw.greeting.apology_file)?;
         if raw.clone.max_wait_seconds == 0 || raw.clone.sweep_interval_seconds == 0 {
             return Err(invalid("clone.max_wait_seconds/clone.sweep_interval_seconds", "must be at least 1"));
         }
@@ -466,6 +468,7 @@ impl Settings {
             rtp_ports: (lo_even, hi_even),
             greeting_file,
             hold_file,
+            apology_file,
             log_format,
             data_dir,
             database_url,

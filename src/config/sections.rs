@@ -164,6 +164,9 @@ pub struct GreetingSection {
     pub music_enabled: bool,
     /// WAV hold music; with `music_enabled` and no file, the greeting loops.
     pub music_file: String,
+    /// WAV played before hanging up when the agent fails or cannot be reached;
+    /// empty = the apology built into the binary (English).
+    pub apology_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

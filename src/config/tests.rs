@@ -76,6 +76,7 @@ fn invalid_values_name_the_key() {
         (&[("PRECALL_LOG__FORMAT", "xml")], "log.format"),
         (&[("PRECALL_GREETING__FILE", "/nonexistent.wav")], "greeting.file"),
         (&[("PRECALL_GREETING__MUSIC_FILE", "/nonexistent.wav")], "greeting.music_file"),
+        (&[("PRECALL_GREETING__APOLOGY_FILE", "/nonexistent.wav")], "greeting.apology_file"),
         (&[("CLONE_MAX_WAIT_SECONDS", "0")], "clone.max_wait_seconds"),
         (&[("PRECALL_ELEVENLABS__BASE_URL", "ftp://x")], "elevenlabs.base_url"),
         (&[("PRECALL_SIP_LISTEN", "127.0.0.1:1")], "double underscore"),

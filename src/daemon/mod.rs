@@ -68,7 +68,10 @@ impl Prompts {
             None => Prompt::from_wav_reader(std::io::Cursor::new(BUILTIN_GREETING), "built-in greeting")?,
         };
         let hold = settings.hold_file.as_deref().map(Prompt::from_wav_file).transpose()?;
-        let apology = Prompt::from_wav_reader(std::io::Cursor::new(BUILTIN_APOLOGY), "built-in apology")?;
+        let apology = match &settings.apology_file {
+            Some(path) => Prompt::from_wav_file(path)?,
+            None => Prompt::from_wav_reader(std::io::Cursor::new(BUILTIN_APOLOGY), "built-in apology")?,
+        };
         Ok(Prompts { greeting, hold, apology })
     }
 }

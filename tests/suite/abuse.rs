@@ -2,7 +2,7 @@
 //! real sockets against an in-process daemon. Each test replays one attack and
 //! asserts that the attacked call behaves, and that SIP keeps answering.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

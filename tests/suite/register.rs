@@ -2,7 +2,7 @@
 //! digest challenge (MD5, qop=auth) answered correctly, re-registration before
 //! expiry with the nonce reused (nc=2), and unREGISTER at shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

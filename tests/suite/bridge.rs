@@ -7,7 +7,7 @@
 //! `src/call/scenarios.rs`; these check that the real sockets, the WebSocket
 //! and the simulator agree with them.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,21 @@ fn client(sim: &Simulator) -> Client {
     .unwrap()
 }
 
+fn tone_wav(path: &std::path::Path, hz: f64, samples: u32) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..samples {
+        w.write_sample((5000.0 * (2.0 * std::f64::consts::PI * hz * f64::from(i) / 8000.0).sin()) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 /// A daemon bridged to a fresh simulator; a half-second greeting (a 1 kHz tone,
 /// far from every voice's pitch) so the hand-off comes quickly.
 async fn env(knobs: AgentKnobs, with_clone: bool) -> Env {
@@ -55,22 +70,15 @@ async fn env(knobs: AgentKnobs, with_clone: bool) -> Env {
     sim.set_agent_knobs(knobs);
     let dir = tempfile::tempdir().unwrap();
     let greeting = dir.path().join("greeting.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&greeting, spec).unwrap();
-    for i in 0..4000 {
-        w.write_sample((5000.0 * (2.0 * std::f64::consts::PI * 1000.0 * f64::from(i) / 8000.0).sin()) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
+    tone_wav(&greeting, 1000.0, 4000);
+    // A one-second apology (the built-in one is 6.5 s of speech).
+    let apology = dir.path().join("apology.wav");
+    tone_wav(&apology, 1500.0, 8000);
     let mut raw = precall::config::RawSettings::default();
     raw.sip.listen = "127.0.0.1:0".into();
     raw.data.dir = dir.path().to_string_lossy().into_owned();
     raw.greeting.file = greeting.to_string_lossy().into_owned();
+    raw.greeting.apology_file = apology.to_string_lossy().into_owned();
     let base = 30000 + (std::process::id() % 100) as u16 * 100;
     raw.rtp.port_min = base;
     raw.rtp.port_max = base + 98;
@@ -388,7 +396,13 @@ async fn unreachable_agent_gets_the_apology_not_silence() {
         .await
         .expect("BYE after the apology");
     c.ok_to(&bye).await;
-    assert!(media.heard.lock().unwrap().len() > 250, "greeting and apology played");
+    // The configured apology (`greeting.apology_file`, a 1.5 kHz tone) played before the BYE.
+    let heard = media.heard_pcm(Instant::now() - SEC * 30);
+    let apology = heard
+        .chunks(800)
+        .filter(|w| w.len() == 800 && (pitch(w) - 1500.0).abs() < 15.0)
+        .count();
+    assert!(apology >= 9, "one second of apology, not silence ({apology} × 100 ms)");
     common_wait_idle(&env.daemon).await;
     let row = env.daemon.store.call_by_external_id(&c.call_id).await.unwrap().unwrap().row;
     assert_eq!(

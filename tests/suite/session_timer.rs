@@ -3,7 +3,7 @@
 //! timer behaviour itself (refreshes in both roles, the lapse, the re-INVITE
 //! fallback) is tested on virtual time in `src/sip/endpoint/session_tests.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

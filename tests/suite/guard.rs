@@ -2,7 +2,7 @@
 //! flood of INVITEs from one address that leaves a call from another address
 //! unharmed. Loopback has the whole 127/8, so 127.0.0.2 is "another machine".
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The clone service against the ElevenLabs simulator over real HTTP.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

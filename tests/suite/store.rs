@@ -1,6 +1,6 @@
 //! Every repository function and the writer, against SQLite and a real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

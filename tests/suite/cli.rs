@@ -1,6 +1,6 @@
 //! The binary's subcommands: migrate (idempotent, both backends), callers, check-config.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! The outage lasts `OUTAGE_SECONDS` (default 5; `.ci/run` uses 30, the figure the
 //! issue names).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! End to end over real sockets: a caller places calls to an in-process daemon and
 //! checks what arrives on the wire (SIP and RTP).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

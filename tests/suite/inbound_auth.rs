@@ -2,7 +2,7 @@
 //! (with the digest_auth crate, as a PBX would), accepted; a wrong password is
 //! challenged again; an old nonce comes back `stale=true`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

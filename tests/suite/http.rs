@@ -2,7 +2,7 @@
 //! Streams session emulated over a real WebSocket (bridged to the simulator's
 //! agent), the ElevenLabs post-call webhook, the admin API, health and metrics.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
