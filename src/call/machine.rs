@@ -22,24 +22,26 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::agent::{AgentLink, LinkAction};
+mod conversation;
+mod media;
+mod offer;
+
+use media::Burst;
+
+use super::agent::AgentLink;
 use super::lifecycle::{CallAction, CallInput, Lifecycle};
 use super::{CallLimits, EndReason};
 use crate::clone::Resolution;
-use crate::elevenlabs::agent::ClientMessage;
 use crate::elevenlabs::ws::{AgentCommand, AgentEvent, Conversation};
 use crate::media::dtmf::DtmfReceiver;
-use crate::media::g711::G711;
 use crate::media::prompt::{Player, Prompt};
 use crate::media::quality;
 use crate::media::receiver::RtpStats;
-use crate::media::rtp::RtpPacket;
-use crate::media::session::{Latch, MAX_BURST, MAX_PACKET, RtpReceiver, RtpSender, SourceLatch};
+use crate::media::session::{RtpReceiver, RtpSender, SourceLatch};
 use crate::media::wire::WireCodec;
 use crate::sip::endpoint::ReferProgress;
 use crate::sip::message::Rejection;
-use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
-use crate::store::records::CloneEvent;
+use crate::sip::sdp::{LocalMedia, Negotiated};
 use crate::store::{CallRow, Record};
 
 /// What admission decided for a call: no sockets, channels or clocks.
@@ -127,14 +129,6 @@ pub enum Output {
     ConnectAgent(Conversation),
     /// The call is over: take [`CallMachine::finish`].
     Ended(EndReason),
-}
-
-/// Frames built by one media-clock tick, waiting for [`CallMachine::poll_transmit`].
-struct Burst {
-    packets: [[u8; MAX_PACKET]; MAX_BURST as usize],
-    lens: [usize; MAX_BURST as usize],
-    queued: usize,
-    next: usize,
 }
 
 pub struct CallMachine {
@@ -242,12 +236,7 @@ impl CallMachine {
             dest: remote,
             sdp_remote: remote,
             latch: SourceLatch::new(remote, strict_rtp_source, now),
-            burst: Box::new(Burst {
-                packets: [[0; MAX_PACKET]; MAX_BURST as usize],
-                lens: [0; MAX_BURST as usize],
-                queued: 0,
-                next: 0,
-            }),
+            burst: Box::new(Burst::new()),
             skipped: 0,
             ignored: 0,
             media_started: None,
@@ -293,24 +282,6 @@ impl CallMachine {
     /// The next output to carry out (after the packets of [`Self::poll_transmit`]).
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
-    }
-
-    /// The next RTP packet to send and where.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, &[u8])> {
-        let b = &mut *self.burst;
-        if b.next >= b.queued {
-            b.queued = 0;
-            b.next = 0;
-            return None;
-        }
-        let Some(to) = self.dest else {
-            b.queued = 0;
-            b.next = 0;
-            return None;
-        };
-        let i = b.next;
-        b.next += 1;
-        Some((to, &b.packets[i][..b.lens[i]]))
     }
 
     /// When [`Self::handle_timeout`] must run next: the media clock, the answer
@@ -434,296 +405,6 @@ impl CallMachine {
         }
     }
 
-    fn start_media(&mut self, now: Instant) {
-        let pt = self.negotiated.map_or(0, |n| n.payload_type);
-        let mut sender = RtpSender::new(self.seeds.ssrc, pt, self.seeds.sequence, self.seeds.timestamp, now);
-        match WireCodec::new(self.negotiated.is_some_and(|n| n.opus)) {
-            Ok(w) => {
-                sender.set_clock_rate(w.clock_rate());
-                self.wire = Some(w);
-            }
-            Err(e) => {
-                tracing::error!(call = %self.row.call_id, error = %e, "cannot start the call's codec");
-                self.call.handle(now, CallInput::End(EndReason::Error(e)));
-            }
-        }
-        self.sender = Some(sender);
-        self.media_started = Some(now);
-    }
-
-    /// Builds every frame due at `now`. Whenever the clock runs it advances,
-    /// negotiated or not: a deadline that stays in the past would turn the call
-    /// loop without ever waiting.
-    fn media_tick(&mut self, now: Instant) {
-        let Some(s) = self.sender.as_mut().filter(|_| !self.stopped) else {
-            return;
-        };
-        let (due, skipped) = s.due(now);
-        self.skipped += skipped;
-        for _ in 0..skipped {
-            self.player.skip();
-        }
-        let codec = self.negotiated.map_or(G711::Ulaw, |n| n.codec);
-        let sending = self.call.sending() && self.negotiated.is_some_and(|n| n.direction.sends());
-        let mut end = None;
-        let burst = &mut *self.burst;
-        for _ in 0..due {
-            if let Some(link) = self.agent.as_mut() {
-                link.upstream_tick();
-            }
-            if !sending || burst.queued >= burst.packets.len() {
-                // On hold the clock still runs, so the timeline resumes in step.
-                self.player.skip();
-                s.skip_one();
-                continue;
-            }
-            let frame = match self.agent.as_mut() {
-                Some(link) => {
-                    let (payload, ends) = link.frame(now, &mut self.player, &self.apology);
-                    end = end.or(ends);
-                    payload
-                }
-                None => self.player.next_frame(codec),
-            };
-            let payload = match self.wire.as_mut() {
-                Some(w) => w.outbound(frame),
-                None => frame,
-            };
-            let i = burst.queued;
-            burst.lens[i] = s.write_next(payload, &mut burst.packets[i]);
-            burst.queued += 1;
-        }
-        self.drain_agent();
-        if let Some(gap_ms) = self.agent.as_ref().and_then(AgentLink::hand_off).map(|h| h.gap_ms)
-            && self.row.bridged_at.is_none()
-        {
-            self.record_hand_off(now, gap_ms);
-        }
-        if let Some(reason) = end {
-            self.call.handle(now, CallInput::End(reason));
-        }
-    }
-
-    fn drain_agent(&mut self) {
-        if let Some(link) = self.agent.as_mut() {
-            while let Some(cmd) = link.poll_command() {
-                self.outputs.push_back(Output::Agent(cmd));
-            }
-        }
-    }
-
-    fn inbound_rtp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
-        let Ok(packet) = RtpPacket::parse(data) else {
-            self.receiver.count_malformed();
-            return;
-        };
-        let header = packet.header;
-        let event_pt = self.negotiated.and_then(|n| n.telephone_event);
-        let payload_ok = self
-            .negotiated
-            .is_some_and(|n| header.payload_type == n.payload_type || Some(header.payload_type) == event_pt);
-        let Latch::Accept { send_to } = self.latch.on_packet(now, from, &header, payload_ok) else {
-            self.ignored += 1;
-            return;
-        };
-        // Symmetric RTP (comedia): answer where the caller's media comes from.
-        if self.dest != Some(send_to) {
-            tracing::debug!(call = %self.row.call_id, sdp = ?self.dest, actual = %send_to, "latching RTP to the caller's source address");
-            self.dest = Some(send_to);
-        }
-        self.receiver.on_packet(now, &packet);
-        self.call.on_rtp(now);
-        if Some(header.payload_type) == event_pt {
-            if let Some(digit) = self.dtmf.on_packet(header.timestamp, packet.payload) {
-                tracing::debug!(call = %self.row.call_id, %digit, "DTMF");
-                if self.digits.len() < 64 {
-                    self.digits.push(digit);
-                }
-                if let Some(link) = self.agent.as_mut() {
-                    link.digit(digit);
-                }
-                self.drain_agent();
-            }
-        } else if let Some(link) = self.agent.as_mut() {
-            let payload = match self.wire.as_mut().and_then(|w| w.inbound(packet.payload, &mut self.inbound)) {
-                Some(transcoded) => transcoded,
-                None => packet.payload,
-            };
-            link.caller_packet(header.sequence, payload);
-        }
-    }
-
-    /// The answer an ACK carries: to our offer in the 200 of a delayed-offer
-    /// INVITE (the call starts here), or of an offerless re-INVITE mid-call (the
-    /// session stays as it is unless the answer is a valid echo of our offer).
-    fn ack_answer(&mut self, body: &[u8], now: Instant) {
-        let mid_call = self.call.confirmed_at().is_some();
-        let answer = SessionDescription::parse(body).and_then(|sd| sdp::accept_answer(&sd));
-        let n = match (answer, self.negotiated) {
-            (Ok(n), Some(old)) if mid_call && (n.codec, n.opus) != (old.codec, old.opus) => {
-                tracing::info!(call = %self.row.call_id, "re-INVITE answer names a codec we did not offer; keeping the session");
-                return;
-            }
-            (Ok(n), _) => n,
-            (Err(e), _) if mid_call => {
-                tracing::info!(call = %self.row.call_id, error = %e, "re-INVITE's ACK carried no usable answer; keeping the session");
-                return;
-            }
-            (Err(e), _) => {
-                tracing::info!(call = %self.row.call_id, error = %e, "ACK carried no usable SDP answer; ending the call");
-                self.call.handle(now, CallInput::ConfirmedWithoutAnswer);
-                return;
-            }
-        };
-        self.negotiated = Some(n);
-        self.renegotiated(&n, now);
-        self.call.handle(now, CallInput::Negotiated);
-        self.call.handle(now, CallInput::Confirmed);
-        self.set_direction(now, n.direction);
-    }
-
-    fn reoffer(&mut self, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
-        self.local.version += 1;
-        if body.is_empty() {
-            // An offerless re-INVITE: offer the session as it stands (the answer
-            // comes in the ACK).
-            let n = self
-                .negotiated
-                .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
-            return Ok((n, sdp::reoffer(&self.local, &n)));
-        }
-        let sd = SessionDescription::parse(body).map_err(|e| e.rejection())?;
-        let (n, answer) = sdp::answer(&sd, &self.local).map_err(|e| e.rejection())?;
-        self.negotiated = Some(n);
-        Ok((n, answer))
-    }
-
-    /// A new SDP exchange settled the session. Learning reopens only when it
-    /// moves the media: a session refresh with the same address gives no one a
-    /// window to hijack.
-    fn renegotiated(&mut self, n: &Negotiated, now: Instant) {
-        if self.sdp_remote != Some(n.remote) {
-            self.sdp_remote = Some(n.remote);
-            self.dest = Some(n.remote);
-            self.latch.reset(n.remote, now);
-        }
-        if let Some(s) = self.sender.as_mut() {
-            s.set_payload_type(n.payload_type);
-        }
-    }
-
-    fn set_direction(&mut self, now: Instant, ours: Direction) {
-        let caller_sends = matches!(ours, Direction::SendRecv | Direction::RecvOnly);
-        self.call.handle(
-            now,
-            CallInput::Direction {
-                we_send: ours.sends(),
-                caller_sends,
-            },
-        );
-    }
-
-    /// Opens the agent conversation in `voice_id` (the lifecycle decides when);
-    /// the greeting keeps playing until the agent's first audio is queued.
-    fn connect_agent(&mut self, voice_id: String) {
-        let (Some(plan), Some(n)) = (self.plan.as_ref(), self.negotiated) else {
-            return;
-        };
-        if self.agent.is_some() {
-            return;
-        }
-        self.agent = Some(AgentLink::new(n.codec, plan.max_queue_seconds));
-        self.outputs.push_back(Output::ConnectAgent(Conversation {
-            call_id: self.row.call_id.clone(),
-            caller: self.row.caller.clone(),
-            voice_id,
-        }));
-    }
-
-    fn agent_event(&mut self, ev: AgentEvent) {
-        let Some(link) = self.agent.as_mut() else { return };
-        if let AgentEvent::Closed { code, reason } = &ev {
-            tracing::info!(call = %self.row.call_id, code, reason = %reason, "agent conversation closed");
-        }
-        match link.on_event(ev) {
-            Ok(LinkAction::None) => {}
-            Ok(LinkAction::Conversation(id)) => {
-                let (input, output) = link.formats().unzip();
-                tracing::info!(call = %self.row.call_id, conversation = %id, input = ?input, output = ?output, "agent conversation started");
-                self.revise(|row| row.conversation_id = Some(id));
-            }
-            Ok(LinkAction::Transfer { tool_call_id, destination }) => {
-                if destination.trim().is_empty() || self.transfer.is_some() {
-                    let why = if self.transfer.is_some() {
-                        "a transfer is already in progress"
-                    } else {
-                        "no destination given"
-                    };
-                    link.reply(tool_result(&tool_call_id, why, true));
-                } else {
-                    tracing::info!(call = %self.row.call_id, %destination, "agent transfers the call (REFER)");
-                    self.transfer = Some(tool_call_id);
-                    self.outputs.push_back(Output::Sip(SipOut::Refer(destination)));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(call = %self.row.call_id, error = %e, "cannot bridge the agent's audio formats");
-                let _ = link.on_event(AgentEvent::Closed {
-                    code: 1003,
-                    reason: e.to_string(),
-                });
-            }
-        }
-        self.drain_agent();
-    }
-
-    /// The transfer succeeded once the transferee's NOTIFY reports a 2xx: the
-    /// caller has left us, so hang up (`transferred`). A failure goes back to the
-    /// agent as the tool's error result and the conversation carries on.
-    fn refer_progress(&mut self, progress: ReferProgress, now: Instant) {
-        let Some(tool_call_id) = self.transfer.clone() else { return };
-        tracing::info!(call = %self.row.call_id, ?progress, "transfer progress");
-        let failed = match progress {
-            ReferProgress::Answered(s) if s >= 300 => Some(format!("the caller's phone refused the transfer ({s})")),
-            ReferProgress::Answered(_) => None,
-            ReferProgress::Notified { status, .. } if (200..300).contains(&status) => {
-                if let Some(link) = self.agent.as_mut() {
-                    link.reply(tool_result(&tool_call_id, "The call was transferred.", false));
-                }
-                self.transfer = None;
-                self.drain_agent();
-                self.call.handle(now, CallInput::End(EndReason::Transferred));
-                return;
-            }
-            ReferProgress::Notified { status, .. } if status >= 300 => Some(format!("the transfer target did not answer ({status})")),
-            ReferProgress::Notified { terminated: true, status } => Some(format!("the transfer ended without an answer ({status})")),
-            ReferProgress::Notified { .. } => None,
-        };
-        if let Some(why) = failed {
-            self.transfer = None;
-            if let Some(link) = self.agent.as_mut() {
-                link.reply(tool_result(&tool_call_id, &why, true));
-            }
-            self.drain_agent();
-        }
-    }
-
-    /// The caller now hears the agent: `bridged_at` and a `clone_transfer_events` row.
-    fn record_hand_off(&mut self, now: Instant, gap_ms: u64) {
-        let at = self.wall_ms(now);
-        let waited_ms = self.row.answered_at.map_or(0, |a| (at - a).max(0));
-        self.revise(|row| row.bridged_at = Some(at));
-        self.outputs.push_back(Output::Record(Record::CloneEvent(CloneEvent::Transfer {
-            event_id: self.seeds.hand_off_event.clone(),
-            call_id: self.row.call_id.clone(),
-            voice_id: self.row.voice_id.clone().unwrap_or_default(),
-            waited_ms,
-            gap_ms: gap_ms as i64,
-            created_at: at,
-        })));
-        tracing::info!(call = %self.row.call_id, waited_ms, gap_ms, "caller handed from the greeting to the agent");
-    }
-
     /// The call's last revision and its summary, once [`Output::Ended`] came out.
     pub fn finish(&mut self, now: Instant) -> Finished {
         let reason = self.ended.clone().unwrap_or(EndReason::Error("finished early".into()));
@@ -769,13 +450,4 @@ impl CallMachine {
             hand_off_gap_ms: self.agent.as_ref().and_then(AgentLink::hand_off).map(|h| h.gap_ms),
         }
     }
-}
-
-fn tool_result(tool_call_id: &str, result: &str, is_error: bool) -> String {
-    ClientMessage::ClientToolResult {
-        tool_call_id: tool_call_id.to_owned(),
-        result: result.to_owned(),
-        is_error,
-    }
-    .to_json()
 }

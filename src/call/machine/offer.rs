@@ -1,0 +1,80 @@
+//! Offer/answer after admission: the ACK's answer to a delayed offer, re-INVITE
+//! and UPDATE offers (hold, codec or address changes), offerless re-INVITEs.
+
+use std::time::Instant;
+
+use super::CallMachine;
+use crate::call::CallInput;
+use crate::sip::message::Rejection;
+use crate::sip::sdp::{self, Direction, Negotiated, SessionDescription};
+impl CallMachine {
+    /// The answer an ACK carries: to our offer in the 200 of a delayed-offer
+    /// INVITE (the call starts here), or of an offerless re-INVITE mid-call (the
+    /// session stays as it is unless the answer is a valid echo of our offer).
+    pub(super) fn ack_answer(&mut self, body: &[u8], now: Instant) {
+        let mid_call = self.call.confirmed_at().is_some();
+        let answer = SessionDescription::parse(body).and_then(|sd| sdp::accept_answer(&sd));
+        let n = match (answer, self.negotiated) {
+            (Ok(n), Some(old)) if mid_call && (n.codec, n.opus) != (old.codec, old.opus) => {
+                tracing::info!(call = %self.row.call_id, "re-INVITE answer names a codec we did not offer; keeping the session");
+                return;
+            }
+            (Ok(n), _) => n,
+            (Err(e), _) if mid_call => {
+                tracing::info!(call = %self.row.call_id, error = %e, "re-INVITE's ACK carried no usable answer; keeping the session");
+                return;
+            }
+            (Err(e), _) => {
+                tracing::info!(call = %self.row.call_id, error = %e, "ACK carried no usable SDP answer; ending the call");
+                self.call.handle(now, CallInput::ConfirmedWithoutAnswer);
+                return;
+            }
+        };
+        self.negotiated = Some(n);
+        self.renegotiated(&n, now);
+        self.call.handle(now, CallInput::Negotiated);
+        self.call.handle(now, CallInput::Confirmed);
+        self.set_direction(now, n.direction);
+    }
+
+    pub(super) fn reoffer(&mut self, body: &[u8]) -> Result<(Negotiated, String), Rejection> {
+        self.local.version += 1;
+        if body.is_empty() {
+            // An offerless re-INVITE: offer the session as it stands (the answer
+            // comes in the ACK).
+            let n = self
+                .negotiated
+                .ok_or_else(|| Rejection::new(488, "Not Acceptable Here: no media yet"))?;
+            return Ok((n, sdp::reoffer(&self.local, &n)));
+        }
+        let sd = SessionDescription::parse(body).map_err(|e| e.rejection())?;
+        let (n, answer) = sdp::answer(&sd, &self.local).map_err(|e| e.rejection())?;
+        self.negotiated = Some(n);
+        Ok((n, answer))
+    }
+
+    /// A new SDP exchange settled the session. Learning reopens only when it
+    /// moves the media: a session refresh with the same address gives no one a
+    /// window to hijack.
+    pub(super) fn renegotiated(&mut self, n: &Negotiated, now: Instant) {
+        if self.sdp_remote != Some(n.remote) {
+            self.sdp_remote = Some(n.remote);
+            self.dest = Some(n.remote);
+            self.latch.reset(n.remote, now);
+        }
+        if let Some(s) = self.sender.as_mut() {
+            s.set_payload_type(n.payload_type);
+        }
+    }
+
+    pub(super) fn set_direction(&mut self, now: Instant, ours: Direction) {
+        let caller_sends = matches!(ours, Direction::SendRecv | Direction::RecvOnly);
+        self.call.handle(
+            now,
+            CallInput::Direction {
+                we_send: ours.sends(),
+                caller_sends,
+            },
+        );
+    }
+}
