@@ -291,12 +291,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         let sweeper = (clone.clone(), Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
         let greeting_wav = precall::http::ulaw_wav(&prompts.greeting);
-        let apology_ulaw: Vec<u8> = prompts
-            .apology
-            .pcm()
-            .iter()
-            .map(|&x| precall::media::g711::ulaw_encode(x))
-            .collect();
+        let apology = prompts.apology.clone();
         let http_listen = settings.http_listen;
         let agent_backend = if settings.raw.elevenlabs.api_key.is_empty() {
             "simulator"
@@ -316,7 +311,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 stats: handle.stats.clone(),
                 agent_backend,
                 greeting_wav,
-                apology_ulaw: apology_ulaw.into(),
+                apology,
             };
             precall::http::start(ctx, listen, http_stop_rx)
                 .await

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::machine::{AgentPlan, CallMachine, CallSetup, Finished, Input, Output, Seeds, SipOut};
+use super::machine::{AgentPlan, CallMachine, CallSetup, Finished, Input, MediaEdge, Output, Seeds, SipOut};
 use super::{CallInput, CallLimits, EndReason};
 use crate::clone::{Outcome, Resolution};
 use crate::elevenlabs::ws::{AgentCommand, AgentEvent, Conversation};
@@ -68,6 +68,8 @@ pub struct World {
     /// The agent's first message, in seconds of speech.
     pub first_message: f64,
     pub greeting_seconds: f64,
+    /// RTP (a SIP call) or frames (a Twilio stream).
+    pub edge: MediaEdge,
 }
 
 impl Default for World {
@@ -87,6 +89,7 @@ impl Default for World {
             agent_ready_after: 150 * MS,
             first_message: 1.0,
             greeting_seconds: 2.0,
+            edge: MediaEdge::Rtp,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Harness {
                 timestamp: 4_000_000_000,
                 hand_off_event: "event-1".into(),
             },
+            edge: world.edge,
         };
         let mut h = Harness {
             t0,
@@ -308,20 +312,36 @@ impl Harness {
         .write(&mut packet)
         .expect("room for the header");
         G711::Ulaw.encode(&pcm, &mut packet[12..]);
-        self.rtp_seq = self.rtp_seq.wrapping_add(1);
-        self.rtp_ts = self.rtp_ts.wrapping_add(160);
-        self.m.handle(
-            self.now,
-            Input::Rtp {
+        let input = match self.world.edge {
+            MediaEdge::Rtp => Input::Rtp {
                 data: &packet,
                 from: CALLER_RTP,
             },
-        );
+            MediaEdge::Frames => Input::Frame {
+                seq: self.rtp_seq,
+                payload: &packet[12..],
+            },
+        };
+        self.m.handle(self.now, input);
+        self.rtp_seq = self.rtp_seq.wrapping_add(1);
+        self.rtp_ts = self.rtp_ts.wrapping_add(160);
     }
 
     /// Takes everything the machine wants done and plays the other parties' part.
     fn drain(&mut self) {
         let now = self.now;
+        while self.world.edge == MediaEdge::Frames
+            && let Some(payload) = self.m.poll_frame()
+        {
+            let n = self.heard.len();
+            self.heard.push(Heard {
+                at: now,
+                seq: n as u16,
+                ts: n as u32 * 160,
+                marker: false,
+                pcm: payload.iter().map(|&b| g711::ulaw_to_linear(b)).collect(),
+            });
+        }
         while let Some((to, packet)) = self.m.poll_transmit() {
             assert_eq!(to, CALLER_RTP, "media goes to the caller");
             let p = RtpPacket::parse(packet).expect("we send valid RTP");

@@ -66,6 +66,18 @@ pub struct CallSetup {
     /// `rtp.strict_source`: accept RTP only from the SDP address.
     pub strict_rtp_source: bool,
     pub seeds: Seeds,
+    pub edge: MediaEdge,
+}
+
+/// How the caller's media reaches the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEdge {
+    /// RTP on the call's own UDP port (a SIP call): packets are latched,
+    /// counted and carry DTMF; the call may be transferred with REFER.
+    Rtp,
+    /// 20 ms frames on a stream that already framed and authenticated them
+    /// (Twilio Media Streams): [`Input::Frame`] in, [`CallMachine::poll_frame`] out.
+    Frames,
 }
 
 /// The agent side of a call as far as the machine needs it.
@@ -111,6 +123,13 @@ pub enum Input<'a> {
         data: &'a [u8],
         from: SocketAddr,
     },
+    /// A caller frame on a [`MediaEdge::Frames`] edge, numbered in arrival order.
+    Frame {
+        seq: u16,
+        payload: &'a [u8],
+    },
+    /// A keypad digit signalled out of band (Twilio's `dtmf` event).
+    Digit(char),
     /// The clone service decided the voice.
     Clone(Resolution),
     Agent(AgentEvent),
@@ -144,6 +163,7 @@ pub struct CallMachine {
     cloning: bool,
     plan: Option<AgentPlan>,
     seeds: Seeds,
+    edge: MediaEdge,
     sender: Option<RtpSender>,
     receiver: RtpReceiver,
     /// Where packets go (the SDP address, or the latched source).
@@ -215,6 +235,7 @@ impl CallMachine {
             agent,
             strict_rtp_source,
             seeds,
+            edge,
         } = setup;
         let rate = if negotiated.is_some_and(|n| n.opus) { 48000 } else { 8000 };
         let remote = negotiated.map(|n| n.remote);
@@ -231,6 +252,7 @@ impl CallMachine {
             cloning,
             plan: agent,
             seeds,
+            edge,
             sender: None,
             receiver: RtpReceiver::new(rate, now),
             dest: remote,
@@ -331,6 +353,8 @@ impl CallMachine {
             }
             Input::Refer(progress) => self.refer_progress(progress, now),
             Input::Rtp { data, from } => self.inbound_rtp(data, from, now),
+            Input::Frame { seq, payload } => self.inbound_frame(seq, payload, now),
+            Input::Digit(digit) => self.digit(digit),
             Input::Clone(r) => {
                 tracing::info!(call = %self.row.call_id, caller = ?r.caller_id, outcome = r.outcome.as_str(), voice = %r.voice_id, waited_ms = r.waited.as_millis() as u64, "voice resolved");
                 crate::clone::record_metrics(&r);
@@ -414,7 +438,7 @@ impl CallMachine {
         row.ended_at = Some(row.started_at + now.saturating_duration_since(self.created).as_millis() as i64);
         row.end_reason = Some(reason.as_str().to_owned());
         let mut mos = None;
-        if self.media_started.is_some() {
+        if self.media_started.is_some() && self.edge == MediaEdge::Rtp {
             row.rtp_in_packets = Some(stats.packets as i64);
             row.rtp_in_lost = Some(stats.lost as i64);
             row.rtp_in_max_jitter_us = Some((stats.max_jitter_ms * 1000.0).round() as i64);

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::harness::*;
-use super::machine::SipOut;
+use super::machine::{MediaEdge, SipOut};
 use super::{CallInput, EndReason};
 use crate::elevenlabs::ws::AgentEvent;
 use crate::media::format::AudioFormat;
@@ -428,4 +428,49 @@ fn max_duration_ends_a_lively_call() {
     h.run_for(120 * SEC);
     assert_eq!(h.hangups(), vec![EndReason::MaxDuration]);
     assert_eq!(h.last_row().end_reason.as_deref(), Some("max_duration"));
+}
+
+/// A Twilio stream drives the same machine through the frames edge: paced
+/// μ-law frames out (no RTP header), the caller's frames to the agent, no
+/// REFER (the agent is told transfers are not available), no RTP statistics
+/// in the record, and the agent's `end_call` hangs up after its last words.
+#[test]
+fn a_frames_edge_runs_the_same_call_without_rtp() {
+    let mut h = Harness::new(World {
+        edge: MediaEdge::Frames,
+        greeting_seconds: 0.0,
+        agent: Some(AudioFormat::Ulaw8000),
+        ..World::default()
+    });
+    bridged(&mut h);
+    h.run_for(500 * MS);
+    assert!(h.heard.iter().all(|f| f.pcm.len() == 160), "20 ms μ-law frames, no header");
+    let agent = h.first_heard(voice_pitch_hz(DEFAULT_VOICE)).expect("the agent is heard");
+    assert!(agent - h.t0 < 300 * MS, "no greeting on this edge: the agent speaks first");
+    let spoken = crate::sim::speak("caller-voice", 8000, 0.4);
+    h.talk.extend(spoken.iter().copied());
+    h.run_for(SEC);
+    let want: Vec<u8> = spoken.iter().map(|&s| g711::ulaw_encode(s)).collect();
+    assert!(h.agent_received.windows(want.len()).any(|w| w == want.as_slice()));
+    let transfer = AgentEvent::Transfer {
+        tool_call_id: "t1".into(),
+        destination: "sip:desk@example.com".into(),
+    };
+    h.at(Duration::ZERO, Scheduled::Agent(transfer));
+    h.run_for(10 * MS);
+    let results = tool_results(&h);
+    assert_eq!(results[0]["result"], "Transfers are not available on this line.");
+    assert!(!h.sip.iter().any(|(_, c)| matches!(c, SipOut::Refer(_))));
+    h.agent_says(Duration::ZERO, DEFAULT_VOICE, 0.5, 3);
+    h.at(MS, Scheduled::Agent(AgentEvent::EndCall));
+    let bye = AgentEvent::Closed {
+        code: 1000,
+        reason: "end_call".into(),
+    };
+    h.at(2 * MS, Scheduled::Agent(bye));
+    h.run_for(3 * SEC);
+    assert_eq!(h.ended(), Some(&EndReason::AgentEnded));
+    let row = h.last_row();
+    assert_eq!((row.end_reason.as_deref(), row.rtp_in_packets), (Some("agent_end_call"), None));
+    assert!(row.bridged_at.is_some());
 }

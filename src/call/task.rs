@@ -182,7 +182,7 @@ pub async fn run(ctx: CallContext, created: Instant) {
     // Dropping the sender closes the agent conversation.
     drop(agent_tx);
     let done = m.finish(Instant::now());
-    report(&key, &sip_call_id, &done);
+    report("sip", &format!("{key} {sip_call_id}"), &done);
     records.submit(Record::Call(Box::new(done.row)));
     let _ = commands.send(SipCommand::Finished { call: key }).await;
 }
@@ -200,21 +200,25 @@ fn start_clone(m: &CallMachine, service: Option<CloneService>, events: &mpsc::Se
     });
 }
 
-/// The call's metrics and its "call ended" log line.
-fn report(key: &CallKey, sip_call_id: &str, f: &Finished) {
+/// A finished call's metrics and its "call ended" log line (`protocol`: `sip`
+/// or `twilio`; `external`: the SIP dialog or the Twilio CallSid).
+pub fn report(protocol: &'static str, external: &str, f: &Finished) {
     let s = &f.stats;
-    if let Some(mos) = f.mos {
-        metrics::histogram!("precall_call_mos").record(mos);
+    metrics::counter!("precall_calls_total", "protocol" => protocol, "reason" => f.reason.as_str().to_owned()).increment(1);
+    if protocol == "sip" {
+        if let Some(mos) = f.mos {
+            metrics::histogram!("precall_call_mos").record(mos);
+        }
+        metrics::counter!("precall_rtp_packets_sent_total").increment(f.rtp_out_packets);
+        metrics::counter!("precall_rtp_packets_received_total").increment(s.packets);
+        metrics::counter!("precall_rtp_packets_lost_total").increment(s.lost);
+        metrics::counter!("precall_rtp_packets_ignored_total").increment(f.rtp_in_ignored + s.malformed);
     }
-    metrics::counter!("precall_calls_total", "protocol" => "sip", "reason" => f.reason.as_str().to_owned()).increment(1);
-    metrics::counter!("precall_rtp_packets_sent_total").increment(f.rtp_out_packets);
-    metrics::counter!("precall_rtp_packets_received_total").increment(s.packets);
-    metrics::counter!("precall_rtp_packets_lost_total").increment(s.lost);
-    metrics::counter!("precall_rtp_packets_ignored_total").increment(f.rtp_in_ignored + s.malformed);
     let duration_ms = f.row.ended_at.map(|e| (e - f.row.started_at).max(0) as u64);
     tracing::info!(
-        call = %key,
-        call_id = %sip_call_id,
+        call = %f.row.call_id,
+        protocol,
+        external,
         caller = ?f.row.caller,
         reason = %f.reason,
         duration_ms,

@@ -130,6 +130,7 @@ impl SipTask {
                 timestamp: rng.random(),
                 hand_off_event: new_id(),
             },
+            edge: MediaEdge::Rtp,
         };
         drop(prompts);
         let ctx = CallContext {

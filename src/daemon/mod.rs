@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::call::machine::{AgentPlan, CallSetup, Seeds};
+use crate::call::machine::{AgentPlan, CallSetup, MediaEdge, Seeds};
 use crate::call::task::{self, CallContext, CallEvent, SipCommand};
 use crate::call::{CallInput, CallLimits};
 use crate::clone::CloneService;

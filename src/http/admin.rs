@@ -196,25 +196,25 @@ pub async fn get_caller(State(state): State<AppState>, Path(caller): Path<String
 pub async fn put_caller(State(state): State<AppState>, Path(caller): Path<String>, mut form: Multipart) -> Response {
     let dir = match tempfile::Builder::new().prefix("upload").tempdir_in(&state.ctx.settings.data_dir) {
         Ok(d) => d,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}")),
+        Err(e) => return refuse_mid_body(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}")),
     };
     let (mut files, mut name, mut labels) = (Vec::new(), None, None);
     loop {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad multipart body: {e}")),
+            Err(e) => return refuse_mid_body(StatusCode::BAD_REQUEST, format!("bad multipart body: {e}")),
         };
         let part = field.name().unwrap_or("").to_owned();
         let content_type = field.content_type().unwrap_or("").to_ascii_lowercase();
         let bytes = match field.bytes().await {
             Ok(b) => b,
             // 413 only for a body over the limit; a malformed or cut-short body is 400.
-            Err(e) => return error(e.status(), format!("bad multipart body: {}", e.body_text())),
+            Err(e) => return refuse_mid_body(e.status(), format!("bad multipart body: {}", e.body_text())),
         };
         match part.as_str() {
             "file" | "files" if files.len() >= callers::MAX_SAMPLES => {
-                return error(
+                return refuse_mid_body(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!("at most {} voice samples per caller", callers::MAX_SAMPLES),
                 );
@@ -222,14 +222,14 @@ pub async fn put_caller(State(state): State<AppState>, Path(caller): Path<String
             "file" | "files" => {
                 let audio = content_type.starts_with("audio/") || content_type == "application/octet-stream";
                 if !audio {
-                    return error(
+                    return refuse_mid_body(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
                         format!("sample parts must be audio/* (got {content_type:?})"),
                     );
                 }
                 let path = dir.path().join(format!("sample{}.bin", files.len()));
                 if let Err(e) = tokio::fs::write(&path, &bytes).await {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}"));
+                    return refuse_mid_body(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot stage the upload: {e}"));
                 }
                 files.push(path);
             }
@@ -284,4 +284,14 @@ pub async fn delete_caller(State(state): State<AppState>, Path(caller): Path<Str
 
 fn json_ok(v: serde_json::Value) -> Response {
     (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+/// An upload refused before its body was read to the end: the rest of the body
+/// is still on the connection, so say it will close rather than let the client
+/// send its next request into it.
+fn refuse_mid_body(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = error(status, message);
+    r.headers_mut()
+        .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    r
 }

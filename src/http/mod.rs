@@ -49,8 +49,8 @@ pub struct HttpContext {
     pub agent_backend: &'static str,
     /// The greeting as a μ-law WAV, for Twilio's `<Play>`.
     pub greeting_wav: Bytes,
-    /// The apology as raw μ-law, for a Twilio stream whose agent failed.
-    pub apology_ulaw: Bytes,
+    /// Played on a Twilio stream whose agent failed.
+    pub apology: crate::media::prompt::Prompt,
 }
 
 /// The handlers' shared state.
@@ -141,7 +141,7 @@ pub async fn start(ctx: HttpContext, listen: SocketAddr, shutdown: watch::Receiv
         agent: ctx.agent.clone(),
         stats: ctx.stats.clone(),
         greeting_wav: ctx.greeting_wav.clone(),
-        apology_ulaw: ctx.apology_ulaw.clone(),
+        apology: ctx.apology.clone(),
         calls: Mutex::new(HashMap::new()),
         live: AtomicUsize::new(0),
     }));

@@ -33,8 +33,8 @@ pub struct TwilioShared {
     pub stats: Arc<Stats>,
     /// The greeting as a μ-law WAV, for Twilio's `<Play>`.
     pub greeting_wav: Bytes,
-    /// The apology as raw μ-law, for a stream whose agent failed.
-    pub apology_ulaw: Bytes,
+    /// Played on a stream whose agent failed.
+    pub apology: crate::media::prompt::Prompt,
     /// Calls by precall call id, from the inbound webhook to the stream's end.
     pub calls: Mutex<HashMap<String, TwilioCall>>,
     /// Streams bridged right now.

@@ -1,17 +1,17 @@
-//! `GET /twilio/media`: the Media Streams WebSocket (`docs/protocols.md` §8–9),
-//! bridged to the agent through the same [`Bridge`] and agent task as a SIP call.
-//!
-//! Twilio → agent: each `media` frame (μ-law, 20 ms) is converted (or passed
-//! through when the agent takes `ulaw_8000`) and sent as a `user_audio_chunk`;
-//! `dtmf` becomes a contextual update; `stop` ends the conversation. Agent →
-//! Twilio: audio is sent as `media` at once (Twilio queues and paces it);
-//! `interruption` sends `clear`. When the agent ends the call, a `mark` follows
-//! its last audio and the socket closes when Twilio echoes it, so the goodbye is
-//! heard before the TwiML's `<Hangup/>` runs. When the agent fails, the apology
-//! plays the same way.
+//! `GET /twilio/media`: the Media Streams WebSocket (`docs/protocols.md` §8–9).
+//! A Twilio call runs on the same [`CallMachine`] as a SIP call; only the media
+//! edge differs ([`MediaEdge::Frames`]): Twilio's 20 ms μ-law `media` frames go
+//! in as [`Input::Frame`], and the machine's paced frames go out as `media`
+//! messages. `dtmf` becomes [`Input::Digit`] (context for the agent), `stop` or
+//! a close is the caller hanging up, and an `interruption` also sends `clear`
+//! (Twilio buffers a little of what we sent). When the machine hangs up (the
+//! agent's `end_call` after its last words, or the apology after a failure), a
+//! `mark` follows the last frame and the socket closes when Twilio echoes it,
+//! so everything is heard before the TwiML's `<Hangup/>` runs.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -23,12 +23,15 @@ use tokio::sync::mpsc;
 
 use super::TwilioState;
 use super::{TwilioCall, public_base, verify};
-use crate::elevenlabs::agent::ClientMessage;
-use crate::elevenlabs::ws::{self, AgentCommand, AgentEvent, Conversation};
-use crate::media::bridge::Bridge;
+use crate::call::machine::{AgentPlan, CallMachine, CallSetup, Finished, Input, MediaEdge, Output, Seeds, SipOut};
+use crate::call::{CallInput, CallLimits};
+use crate::deadline::SpinGuard;
+use crate::elevenlabs::ws::{self, AgentCommand, AgentEvent};
 use crate::media::g711::G711;
-use crate::store::records::{CloneEvent, new_id};
-use crate::store::{CallRow, Record, now_ms};
+use crate::media::prompt::{Player, Prompt};
+use crate::sip::sdp::{Direction, LocalMedia, Negotiated};
+use crate::store::Record;
+use crate::store::records::new_id;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -43,14 +46,6 @@ pub async fn upgrade(State(state): State<TwilioState>, headers: HeaderMap, upgra
         return (StatusCode::FORBIDDEN, "Forbidden: invalid X-Twilio-Signature\n").into_response();
     }
     upgrade.max_message_size(1 << 20).on_upgrade(move |socket| session(socket, state))
-}
-
-/// How the stream ended, for `call_log`.
-enum End {
-    CallerHungUp,
-    AgentEnded,
-    AgentError(u16),
-    Error(String),
 }
 
 async fn session(mut socket: WebSocket, state: TwilioState) {
@@ -87,197 +82,203 @@ async fn session(mut socket: WebSocket, state: TwilioState) {
         return;
     };
     state.live.fetch_add(1, Ordering::Relaxed);
-    let mut row = call.row.clone();
-    let end = bridge(&mut socket, &state, &call, &mut row, agent, &stream_sid).await;
+    let done = bridge(&mut socket, &state, &call, agent, &stream_sid).await;
     state.live.fetch_sub(1, Ordering::Relaxed);
     let _ = socket.send(close(1000, "call over")).await;
-    finish(&state, call, row, end);
+    state.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&call.row.call_id);
+    crate::call::task::report("twilio", &call.call_sid, &done);
+    state.records.submit(Record::Call(Box::new(done.row)));
 }
 
-async fn bridge(
-    socket: &mut WebSocket,
-    state: &TwilioState,
-    call: &TwilioCall,
-    row: &mut CallRow,
-    agent: ws::AgentConfig,
-    stream_sid: &str,
-) -> End {
-    let voice_id = call
+/// What admission decides for a Twilio call: the voice is already decided (the
+/// status callback waited for it) and Twilio played the greeting, so the call
+/// starts at the agent; media are μ-law frames on the stream.
+fn setup(state: &TwilioState, call: &TwilioCall, agent: &ws::AgentConfig) -> CallSetup {
+    let voice = call
         .resolution
         .as_ref()
-        .map_or_else(|| state.settings.raw.elevenlabs.default_voice_id.clone(), |r| r.voice_id.clone());
-    let max_queue = agent.max_queue_seconds;
-    let (cmd_tx, cmd_rx) = mpsc::channel::<AgentCommand>(64);
+        .map_or_else(|| agent.default_voice_id.clone(), |r| r.voice_id.clone());
+    let limits = &state.settings.raw;
+    let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+    CallSetup {
+        local: LocalMedia {
+            addr: nowhere.ip(),
+            port: 0,
+            session_id: 0,
+            version: 1,
+        },
+        negotiated: Some(Negotiated {
+            codec: G711::Ulaw,
+            opus: false,
+            payload_type: 0,
+            telephone_event: None,
+            remote: nowhere,
+            direction: Direction::SendRecv,
+        }),
+        player: Player::new(Prompt::from_pcm_8k(Vec::new()), None),
+        apology: state.apology.clone(),
+        limits: CallLimits {
+            max_duration: Duration::from_secs(limits.limits.max_call_seconds),
+            rtp_timeout: Duration::from_secs(limits.rtp.timeout_seconds),
+            hold_timeout: Duration::from_secs(limits.rtp.hold_timeout_seconds),
+        },
+        answer_delay: Duration::ZERO,
+        answer_sdp: Vec::new(),
+        row: call.row.clone(),
+        cloning: false,
+        agent: Some(AgentPlan {
+            default_voice_id: voice,
+            max_queue_seconds: agent.max_queue_seconds,
+        }),
+        strict_rtp_source: false,
+        seeds: Seeds {
+            ssrc: 0,
+            sequence: 0,
+            timestamp: 0,
+            hand_off_event: new_id(),
+        },
+        edge: MediaEdge::Frames,
+    }
+}
+
+/// The IO shell of a Twilio call: the same [`CallMachine`] as a SIP call, its
+/// media edge the stream. Frames go out paced by the machine's clock (so a
+/// `clear` on barge-in has little to flush); a hang-up becomes a `mark`, and
+/// the stream closes once Twilio echoes it, so the last words are heard.
+async fn bridge(socket: &mut WebSocket, state: &TwilioState, call: &TwilioCall, agent: ws::AgentConfig, stream_sid: &str) -> Finished {
+    let now = Instant::now();
+    let mut m = CallMachine::new(now, setup(state, call, &agent));
+    m.handle(now, Input::Sip(CallInput::Confirmed));
     let (ev_tx, mut events) = mpsc::channel::<AgentEvent>(256);
-    let conv = Conversation {
-        call_id: call.row.call_id.clone(),
-        caller: call.row.caller.clone(),
-        voice_id,
-    };
-    tokio::spawn(ws::run(agent, conv, cmd_rx, ev_tx, |e| e));
-    let mut bridge: Option<Bridge> = None;
-    let mut chunk = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(16 * 1024);
-    let mut ending: Option<End> = None;
-    let mut end_call = false;
-    let mut quiet = tokio::time::interval(Duration::from_millis(100));
-    let mut dirty = false;
-    let mut agent_gone = false;
-    // Once ending, wait this long at most for Twilio to echo the final mark.
-    let mark_wait = tokio::time::sleep(Duration::from_secs(86_400));
-    tokio::pin!(mark_wait);
+    let mut agent_tx: Option<mpsc::Sender<AgentCommand>> = None;
+    let mut ev_tx = Some(ev_tx);
+    let mut seq: u16 = 0;
+    let mut marked: Option<Instant> = None;
+    let mut text = String::with_capacity(512);
+    // The sid is the peer's: quoted and escaped once, as JSON.
+    let quoted_sid = serde_json::to_string(stream_sid).unwrap_or_else(|_| "\"\"".into());
+    let far = Duration::from_secs(86_400);
+    let sleep = tokio::time::sleep(far);
+    tokio::pin!(sleep);
+    let mut spin = SpinGuard::new("twilio stream", 64);
     loop {
+        while let Some(payload) = m.poll_frame() {
+            media_json(&mut text, &quoted_sid, payload);
+            if socket.send(Message::Text(text.as_str().into())).await.is_err() {
+                m.handle(Instant::now(), Input::Sip(CallInput::ByeReceived));
+                break;
+            }
+        }
+        let mut ended = false;
+        while let Some(out) = m.poll_output() {
+            match out {
+                Output::Sip(SipOut::Hangup(_)) => {
+                    // Close once Twilio has played everything before this mark.
+                    let _ = send(
+                        socket,
+                        json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": "precall-end"}}),
+                    )
+                    .await;
+                    marked = Some(Instant::now() + MARK_WAIT);
+                }
+                // Accept, re-offers and REFER are SIP's; a Frames edge produces none.
+                Output::Sip(_) | Output::StartClone => {}
+                Output::Agent(cmd) => {
+                    if agent_tx.as_ref().is_some_and(|tx| tx.try_send(cmd).is_err()) {
+                        m.agent_backlogged();
+                    }
+                }
+                Output::Record(r) => state.records.submit(r),
+                Output::ConnectAgent(conv) => {
+                    if let Some(events) = ev_tx.take() {
+                        let (tx, rx) = mpsc::channel(64);
+                        agent_tx = Some(tx);
+                        tokio::spawn(ws::run(agent.clone(), conv, rx, events, |e| e));
+                    }
+                }
+                Output::Ended(_) => ended = true,
+            }
+        }
+        if ended {
+            break;
+        }
+        let now = Instant::now();
+        let wake = m.poll_timeout().unwrap_or(now + far).min(marked.unwrap_or(now + far));
+        if wake <= now && !spin.turned() {
+            if marked.is_some_and(|t| t <= now) {
+                m.handle(now, Input::Sip(CallInput::Terminated));
+            } else {
+                m.handle_timeout(now);
+            }
+            continue;
+        }
+        spin.waited();
+        let wake = if wake <= now { now + Duration::from_millis(1) } else { wake };
+        sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
         tokio::select! {
+            biased;
+            _ = &mut sleep => {
+                let now = Instant::now();
+                if marked.is_some_and(|t| t <= now) {
+                    m.handle(now, Input::Sip(CallInput::Terminated));
+                } else {
+                    m.handle_timeout(now);
+                }
+            }
             msg = socket.recv() => {
+                let now = Instant::now();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return ending.unwrap_or(End::CallerHungUp),
+                    // Twilio hung up (or the socket broke): for a call already
+                    // ending, that is the end of our hang-up.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        let input = if marked.is_some() { CallInput::Terminated } else { CallInput::ByeReceived };
+                        m.handle(now, Input::Sip(input));
+                        continue;
+                    }
                     Some(Ok(_)) => continue,
                 };
                 match Frame::parse(&text) {
                     Frame::Media(payload) => {
-                        let Some(b) = bridge.as_mut().filter(|_| ending.is_none()) else { continue };
-                        chunk.clear();
-                        b.caller_frame(Some(&payload), &mut chunk);
-                        if !chunk.is_empty() {
-                            let json = format!("{{\"user_audio_chunk\":\"{}\"}}", B64.encode(&chunk));
-                            let _ = cmd_tx.try_send(AgentCommand::Text(json));
-                        }
+                        seq = seq.wrapping_add(1);
+                        m.handle(now, Input::Frame { seq, payload: &payload });
                     }
-                    Frame::Dtmf(digit) => {
-                        let text = format!("The caller pressed the key {digit} on their phone keypad.");
-                        let _ = cmd_tx.try_send(AgentCommand::Text(ClientMessage::ContextualUpdate { text }.to_json()));
+                    Frame::Dtmf(digit) => m.handle(now, Input::Digit(digit)),
+                    Frame::Mark if marked.is_some() => m.handle(now, Input::Sip(CallInput::Terminated)),
+                    Frame::Stop => {
+                        let input = if marked.is_some() { CallInput::Terminated } else { CallInput::ByeReceived };
+                        m.handle(now, Input::Sip(input));
                     }
-                    Frame::Mark if ending.is_some() => return ending.unwrap_or(End::AgentEnded),
-                    Frame::Stop => return ending.unwrap_or(End::CallerHungUp),
                     Frame::Mark | Frame::Other => {}
                 }
             }
-            _ = &mut mark_wait, if ending.is_some() => return ending.unwrap_or(End::AgentEnded),
-            ev = events.recv(), if !agent_gone => {
-                let Some(ev) = ev else {
-                    agent_gone = true;
-                    if ending.is_none() {
-                        return End::Error("agent task gone".into());
-                    }
-                    continue;
-                };
-                match ev {
-                    AgentEvent::Ready { conversation_id, input, output } => match Bridge::new(G711::Ulaw, input, output, max_queue) {
-                        Ok(b) => {
-                            bridge = Some(b);
-                            state.records.revise(row, |row| {
-                                row.conversation_id = Some(conversation_id);
-                                row.bridged_at = Some(now_ms());
-                            });
-                            state.records.submit(Record::CloneEvent(CloneEvent::Transfer {
-                                event_id: new_id(),
-                                call_id: row.call_id.clone(),
-                                voice_id: row.voice_id.clone().unwrap_or_default(),
-                                waited_ms: now_ms() - row.started_at,
-                                gap_ms: 0,
-                                created_at: now_ms(),
-                            }));
-                        }
-                        Err(e) => {
-                            tracing::warn!(call = %row.call_id, error = %e, "cannot bridge the agent's audio formats");
-                            return End::AgentError(1003);
-                        }
-                    },
-                    AgentEvent::Audio { event_id, audio } => {
-                        if let Some(b) = bridge.as_mut() {
-                            b.agent_audio(event_id, &audio);
-                            out.clear();
-                            b.take_queued(&mut out, false);
-                            dirty = true;
-                            if !out.is_empty() && send_media(socket, stream_sid, &out).await.is_err() {
-                                return End::CallerHungUp;
-                            }
-                        }
-                    }
-                    AgentEvent::Interruption { event_id } => {
-                        if let Some(b) = bridge.as_mut() {
-                            b.interruption(event_id);
-                        }
-                        let _ = send(socket, json!({"event": "clear", "streamSid": stream_sid})).await;
-                    }
-                    AgentEvent::Transfer { tool_call_id, destination } => {
-                        tracing::info!(call = %row.call_id, %destination, "transfer requested on a Twilio call: not available");
-                        let result = ClientMessage::ClientToolResult {
-                            tool_call_id,
-                            result: "Transfers are not available on this line.".into(),
-                            is_error: true,
-                        };
-                        let _ = cmd_tx.try_send(AgentCommand::Text(result.to_json()));
-                    }
-                    AgentEvent::EndCall => end_call = true,
-                    AgentEvent::Transcript { .. } => {}
-                    AgentEvent::Closed { code, reason } => {
-                        tracing::info!(call = %row.call_id, code, %reason, "agent conversation closed");
-                        if ending.is_some() {
-                            continue;
-                        }
-                        if code == 1000 || end_call {
-                            if let Some(b) = bridge.as_mut() {
-                                out.clear();
-                                b.take_queued(&mut out, true);
-                                let _ = send_media(socket, stream_sid, &out).await;
-                            }
-                            ending = Some(End::AgentEnded);
-                        } else {
-                            let _ = send(socket, json!({"event": "clear", "streamSid": stream_sid})).await;
-                            let _ = send_media(socket, stream_sid, &state.apology_ulaw).await;
-                            ending = Some(End::AgentError(code));
-                        }
-                        // Close once Twilio has played everything before this mark.
-                        let _ = send(socket, json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": "precall-end"}})).await;
-                        mark_wait.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(30));
-                    }
+            Some(ev) = events.recv() => {
+                if let AgentEvent::Interruption { .. } = ev {
+                    // Twilio buffers what we sent: flush it too.
+                    let _ = send(socket, json!({"event": "clear", "streamSid": stream_sid})).await;
                 }
-            }
-            _ = quiet.tick() => {
-                // The agent has been quiet for a tick: let the resampler's tail out.
-                if dirty && let Some(b) = bridge.as_mut() {
-                    dirty = false;
-                    out.clear();
-                    b.take_queued(&mut out, true);
-                    if !out.is_empty() {
-                        let _ = send_media(socket, stream_sid, &out).await;
-                    }
-                }
+                m.handle(Instant::now(), Input::Agent(ev));
             }
         }
     }
+    // Dropping the sender closes the agent conversation.
+    drop(agent_tx);
+    m.finish(Instant::now())
 }
 
-fn finish(state: &TwilioState, call: TwilioCall, mut row: CallRow, end: End) {
-    state.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&call.row.call_id);
-    row.ended_at = Some(now_ms());
-    let (reason, status) = match &end {
-        End::CallerHungUp => ("caller_bye".to_owned(), None),
-        End::AgentEnded => ("agent_end_call".to_owned(), None),
-        End::AgentError(code) => ("agent_error".to_owned(), Some(i64::from(*code))),
-        End::Error(why) => {
-            tracing::warn!(call = %row.call_id, error = %why, "Twilio stream failed");
-            ("error".to_owned(), None)
-        }
-    };
-    metrics::counter!("precall_calls_total", "protocol" => "twilio", "reason" => reason.clone()).increment(1);
-    tracing::info!(call = %row.call_id, call_sid = %call.call_sid, caller = ?row.caller, reason = %reason, duration_ms = call.started.elapsed().as_millis() as u64, "Twilio call ended");
-    row.end_reason = Some(reason);
-    row.end_status = status;
-    state.records.submit_final(row);
-}
+/// Once we hang up, how long Twilio has to echo our final mark: we pace in
+/// real time, so only a frame or two is still buffered there.
+const MARK_WAIT: Duration = Duration::from_secs(5);
 
-async fn send_media(socket: &mut WebSocket, stream_sid: &str, ulaw: &[u8]) -> Result<(), axum::Error> {
-    if ulaw.is_empty() {
-        return Ok(());
-    }
-    send(
-        socket,
-        json!({"event": "media", "streamSid": stream_sid, "media": {"payload": B64.encode(ulaw)}}),
-    )
-    .await
+/// A `media` message into a reused buffer: no JSON tree, one allocation-free
+/// base64 pass.
+fn media_json(out: &mut String, quoted_sid: &str, ulaw: &[u8]) {
+    out.clear();
+    out.push_str(r#"{"event":"media","streamSid":"#);
+    out.push_str(quoted_sid);
+    out.push_str(r#","media":{"payload":""#);
+    B64.encode_string(ulaw, out);
+    out.push_str("\"}}");
 }
 
 async fn send(socket: &mut WebSocket, v: Value) -> Result<(), axum::Error> {

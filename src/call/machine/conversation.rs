@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{CallMachine, Output, SipOut};
+use super::{CallMachine, MediaEdge, Output, SipOut};
 use crate::call::agent::{AgentLink, LinkAction};
 use crate::call::{CallInput, EndReason};
 use crate::elevenlabs::agent::ClientMessage;
@@ -43,12 +43,16 @@ impl CallMachine {
                 self.revise(|row| row.conversation_id = Some(id));
             }
             Ok(LinkAction::Transfer { tool_call_id, destination }) => {
-                if destination.trim().is_empty() || self.transfer.is_some() {
-                    let why = if self.transfer.is_some() {
-                        "a transfer is already in progress"
-                    } else {
-                        "no destination given"
-                    };
+                let refused = if self.edge != MediaEdge::Rtp {
+                    Some("Transfers are not available on this line.")
+                } else if self.transfer.is_some() {
+                    Some("a transfer is already in progress")
+                } else if destination.trim().is_empty() {
+                    Some("no destination given")
+                } else {
+                    None
+                };
+                if let Some(why) = refused {
                     link.reply(tool_result(&tool_call_id, why, true));
                 } else {
                     tracing::info!(call = %self.row.call_id, %destination, "agent transfers the call (REFER)");

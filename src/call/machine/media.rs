@@ -10,6 +10,7 @@ use super::CallMachine;
 use crate::call::agent::AgentLink;
 use crate::call::{CallInput, EndReason};
 use crate::media::g711::G711;
+use crate::media::rtp::HEADER_LEN;
 use crate::media::rtp::RtpPacket;
 use crate::media::session::{Latch, MAX_BURST, MAX_PACKET, RtpSender};
 use crate::media::wire::WireCodec;
@@ -144,14 +145,7 @@ impl CallMachine {
         self.call.on_rtp(now);
         if Some(header.payload_type) == event_pt {
             if let Some(digit) = self.dtmf.on_packet(header.timestamp, packet.payload) {
-                tracing::debug!(call = %self.row.call_id, %digit, "DTMF");
-                if self.digits.len() < 64 {
-                    self.digits.push(digit);
-                }
-                if let Some(link) = self.agent.as_mut() {
-                    link.digit(digit);
-                }
-                self.drain_agent();
+                self.digit(digit);
             }
         } else if let Some(link) = self.agent.as_mut() {
             let payload = match self.wire.as_mut().and_then(|w| w.inbound(packet.payload, &mut self.inbound)) {
@@ -160,5 +154,41 @@ impl CallMachine {
             };
             link.caller_packet(header.sequence, payload);
         }
+    }
+
+    /// A caller frame from a [`super::MediaEdge::Frames`] edge: activity for
+    /// the call's timers, and audio for the agent.
+    pub(super) fn inbound_frame(&mut self, seq: u16, payload: &[u8], now: Instant) {
+        self.call.on_rtp(now);
+        if let Some(link) = self.agent.as_mut() {
+            link.caller_packet(seq, payload);
+        }
+    }
+
+    /// A digit the caller pressed (RFC 4733 or out of band): kept for the log,
+    /// and context for the agent.
+    pub(super) fn digit(&mut self, digit: char) {
+        tracing::debug!(call = %self.row.call_id, %digit, "DTMF");
+        if self.digits.len() < 64 {
+            self.digits.push(digit);
+        }
+        if let Some(link) = self.agent.as_mut() {
+            link.digit(digit);
+        }
+        self.drain_agent();
+    }
+
+    /// The next frame's payload, for a [`super::MediaEdge::Frames`] edge (the
+    /// stream has its own framing; the RTP header is ours alone).
+    pub fn poll_frame(&mut self) -> Option<&[u8]> {
+        let b = &mut *self.burst;
+        if b.next >= b.queued {
+            b.queued = 0;
+            b.next = 0;
+            return None;
+        }
+        let i = b.next;
+        b.next += 1;
+        Some(&b.packets[i][HEADER_LEN..b.lens[i]])
     }
 }
