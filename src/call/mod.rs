@@ -17,6 +17,7 @@
 //! - [`task`]: the tokio shell: one task per call feeding sockets, channels and
 //!   timers into the machine and carrying out its outputs.
 
+pub mod admission;
 pub mod agent;
 #[cfg(test)]
 mod harness;

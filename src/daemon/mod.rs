@@ -16,24 +16,25 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::call::machine::{AgentPlan, CallSetup, MediaEdge, Seeds};
+use crate::call::admission::{self, Capacity, Policy};
+use crate::call::machine::{AgentPlan, Seeds};
 use crate::call::task::{self, CallContext, CallEvent, SipCommand};
 use crate::call::{CallInput, CallLimits};
 use crate::clone::CloneService;
 use crate::config::Settings;
 use crate::elevenlabs::ws::AgentConfig;
-use crate::media::prompt::{Player, Prompt, PromptError};
+use crate::media::prompt::{Prompt, PromptError};
 use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SessionTimerConfig, SipEvent};
 use crate::sip::guard::{Guard, GuardConfig, SetupRate, Verdict};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::register::{RegState, Registration, RegistrationConfig};
-use crate::sip::sdp::{self, LocalMedia, SessionDescription};
+
 use crate::sip::transport::{self, Inbound};
 use crate::sip::{Flow, Transport};
 use crate::store::writer::RecordSink;
 use crate::store::{CallRow, Record, now_ms, records::new_id};
 
-mod admission;
+mod admit;
 mod ports;
 mod registrations;
 
@@ -53,14 +54,9 @@ pub enum ServerError {
     Prompt(#[from] PromptError),
 }
 
-/// Audio the daemon plays, loaded once and shared by every call.
-#[derive(Debug, Clone)]
-pub struct Prompts {
-    pub greeting: Prompt,
-    pub hold: Option<Prompt>,
-    pub apology: Prompt,
-}
+pub use crate::call::admission::Prompts;
 
+/// Audio the daemon plays, loaded once and shared by every call.
 impl Prompts {
     pub fn load(settings: &Settings) -> Result<Self, PromptError> {
         let greeting = match &settings.greeting_file {

@@ -1,4 +1,5 @@
-//! Admission of a new INVITE: the node's limits (draining, `limits.max_calls`,
+//! The SIP task's side of admitting an INVITE (the decisions are
+//! [`crate::call::admission`]'s): the node's limits (draining, `limits.max_calls`,
 //! the set-up rate), the SDP offer (488 with a `Warning` when nothing is
 //! acceptable), an RTP port, then the 200 and the call's task. Every refused
 //! INVITE is recorded.
@@ -44,56 +45,28 @@ impl SipTask {
         let now = Instant::now();
         let row = call_row(&request, &self.settings.node_id);
         let limits = &self.settings.raw.limits;
-        let retry_after = limits.retry_after_seconds.to_string();
-        if self.draining_since.is_some() {
-            let r = Rejection::new(503, "Service Unavailable: shutting down").with_header("Retry-After", retry_after);
-            return self.refuse_call(call, row, r);
-        }
-        if self.calls.len() >= limits.max_calls {
-            let r = Rejection::new(503, format!("Service Unavailable: at capacity ({} calls)", limits.max_calls))
-                .with_header("Retry-After", retry_after);
-            return self.refuse_call(call, row, r);
-        }
-        if !self.setup_rate.admit(now) {
-            // Capacity, not failure: a short Retry-After, and a dispatcher in
-            // front tries another node without marking this one down.
-            let r = Rejection::new(
-                503,
-                format!("Service Unavailable: at the set-up rate limit ({}/s)", limits.max_setup_rate),
-            )
-            .with_header("Retry-After", "1");
-            metrics::counter!("precall_setup_rate_limited_total").increment(1);
-            return self.refuse_call(call, row, r);
-        }
-        let offer = match sdp::offer_in(&request) {
-            Ok(body) => body,
-            Err(r) => return self.refuse_call(call, row, r),
+        let capacity = Capacity {
+            draining: self.draining_since.is_some(),
+            live_calls: self.calls.len(),
+            max_calls: limits.max_calls,
+            retry_after: limits.retry_after_seconds,
+            max_setup_rate: limits.max_setup_rate,
         };
-        let socket = match self.ports.allocate() {
-            Some(s) => s,
-            None => {
-                let r = Rejection::new(503, "Service Unavailable: no free RTP port").with_header("Retry-After", retry_after);
-                return self.refuse_call(call, row, r);
-            }
+        if let Err(r) = admission::check_capacity(now, &capacity, &mut self.setup_rate) {
+            return self.refuse_call(call, row, r);
+        }
+        let Some(socket) = self.ports.allocate() else {
+            let r =
+                Rejection::new(503, "Service Unavailable: no free RTP port").with_header("Retry-After", capacity.retry_after.to_string());
+            return self.refuse_call(call, row, r);
         };
         let rtp_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
         let media_ip = self.settings.public_addr.map_or(flow.local.ip(), |a| a.ip());
         let mut rng = rand::rng();
-        let local = LocalMedia {
-            addr: media_ip,
-            port: rtp_port,
-            session_id: rng.random_range(1..u32::MAX as u64),
-            version: 1,
-        };
-        let (negotiated, body) = match &offer {
-            Some(offer) => {
-                let answer = SessionDescription::parse(offer).and_then(|sd| sdp::answer(&sd, &local));
-                match answer {
-                    Ok((n, body)) => (Some(n), body),
-                    Err(e) => return self.refuse_call(call, row, e.rejection()),
-                }
-            }
-            None => (None, sdp::offer(&local)),
+        let local = admission::local_media(media_ip, rtp_port, rng.random_range(1..u32::MAX as u64));
+        let negotiation = match admission::negotiate(&request, &local) {
+            Ok(n) => n,
+            Err(r) => return self.refuse_call(call, row, r),
         };
         let socket = match UdpSocket::from_std(socket) {
             Ok(s) => s,
@@ -102,37 +75,19 @@ impl SipTask {
                 return self.refuse_call(call, row, Rejection::new(500, "Server Internal Error: RTP socket"));
             }
         };
-        let answer_delay = Duration::from_millis(self.settings.raw.sip.answer_delay_ms);
-        let (events_tx, events_rx) = mpsc::channel(256);
-        let prompts = self.prompts.read().unwrap_or_else(|p| p.into_inner());
-        let setup = CallSetup {
-            local,
-            negotiated,
-            player: Player::new(prompts.greeting.clone(), prompts.hold.clone()),
-            apology: prompts.apology.clone(),
-            limits: CallLimits {
-                max_duration: Duration::from_secs(self.settings.raw.limits.max_call_seconds),
-                rtp_timeout: Duration::from_secs(self.settings.raw.rtp.timeout_seconds),
-                hold_timeout: Duration::from_secs(self.settings.raw.rtp.hold_timeout_seconds),
-            },
-            answer_delay,
-            answer_sdp: body.clone().into_bytes(),
-            row,
-            cloning: self.clone.is_some(),
-            agent: self.agent.as_ref().map(|a| AgentPlan {
-                default_voice_id: a.default_voice_id.clone(),
-                max_queue_seconds: a.max_queue_seconds,
-            }),
-            strict_rtp_source: self.settings.raw.rtp.strict_source,
-            seeds: Seeds {
-                ssrc: rng.random(),
-                sequence: rng.random(),
-                timestamp: rng.random(),
-                hand_off_event: new_id(),
-            },
-            edge: MediaEdge::Rtp,
+        let body = negotiation.1.clone();
+        let seeds = Seeds {
+            ssrc: rng.random(),
+            sequence: rng.random(),
+            timestamp: rng.random(),
+            hand_off_event: new_id(),
         };
-        drop(prompts);
+        let policy = self.policy();
+        let setup = {
+            let prompts = self.prompts.read().unwrap_or_else(|p| p.into_inner());
+            admission::setup(local, negotiation, row, &prompts, &policy, seeds)
+        };
+        let (events_tx, events_rx) = mpsc::channel(256);
         let ctx = CallContext {
             key: call,
             sip_call_id: request.call_id.clone(),
@@ -147,7 +102,7 @@ impl SipTask {
             agent: self.agent.clone(),
             setup,
         };
-        if answer_delay.is_zero() {
+        if policy.answer_delay.is_zero() {
             self.endpoint.accept(now, call, body.as_bytes());
         } else {
             self.endpoint.ring(call);
@@ -172,6 +127,27 @@ impl SipTask {
             records.submit(Record::Call(Box::new(crash_row)));
             let _ = commands.send(SipCommand::Crashed { call }).await;
         });
+    }
+}
+
+impl SipTask {
+    /// What every SIP call starts from, as the settings say now.
+    fn policy(&self) -> Policy {
+        let raw = &self.settings.raw;
+        Policy {
+            limits: CallLimits {
+                max_duration: Duration::from_secs(raw.limits.max_call_seconds),
+                rtp_timeout: Duration::from_secs(raw.rtp.timeout_seconds),
+                hold_timeout: Duration::from_secs(raw.rtp.hold_timeout_seconds),
+            },
+            answer_delay: Duration::from_millis(raw.sip.answer_delay_ms),
+            cloning: self.clone.is_some(),
+            agent: self.agent.as_ref().map(|a| AgentPlan {
+                default_voice_id: a.default_voice_id.clone(),
+                max_queue_seconds: a.max_queue_seconds,
+            }),
+            strict_rtp_source: raw.rtp.strict_source,
+        }
     }
 }
 
