@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use precall::clone::{CloneConfig, CloneService};
+use precall::clone::CloneService;
 use precall::config::{LogFormat, Settings};
 use precall::elevenlabs::rest::{Client, ClientConfig};
 use precall::elevenlabs::ws::AgentConfig;
@@ -275,20 +275,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "greeting TTS failed; playing the greeting file instead"),
             }
         }
-        let clone = CloneService::new(
-            store.clone(),
-            client,
-            records.clone(),
-            CloneConfig {
-                max_wait: Duration::from_secs(settings.raw.clone.max_wait_seconds),
-                cache_ttl: Duration::from_secs(settings.raw.clone.cache_ttl_hours * 3600),
-                default_voice_id: settings.raw.elevenlabs.default_voice_id.clone(),
-                remove_background_noise: settings.raw.clone.remove_background_noise,
-                data_dir: settings.data_dir.clone(),
-                request_timeout: Duration::from_secs(settings.raw.clone.request_timeout_seconds),
-                orphan_grace: Duration::from_secs(settings.raw.clone.orphan_grace_seconds),
-            },
-        );
+        let clone = CloneService::new(store.clone(), client, records.clone(), settings.clone_config());
         let sweeper = (clone.clone(), Duration::from_secs(settings.raw.clone.sweep_interval_seconds));
         let greeting_wav = precall::http::ulaw_wav(&prompts.greeting);
         let apology = prompts.apology.clone();

@@ -15,6 +15,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 mod sections;
+mod subsystems;
 
 pub use sections::*;
 

@@ -135,11 +135,7 @@ impl SipTask {
     fn policy(&self) -> Policy {
         let raw = &self.settings.raw;
         Policy {
-            limits: CallLimits {
-                max_duration: Duration::from_secs(raw.limits.max_call_seconds),
-                rtp_timeout: Duration::from_secs(raw.rtp.timeout_seconds),
-                hold_timeout: Duration::from_secs(raw.rtp.hold_timeout_seconds),
-            },
+            limits: self.settings.call_limits(),
             answer_delay: Duration::from_millis(raw.sip.answer_delay_ms),
             cloning: self.clone.is_some(),
             agent: self.agent.as_ref().map(|a| AgentPlan {

@@ -16,16 +16,16 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::call::CallInput;
 use crate::call::admission::{self, Capacity, Policy};
 use crate::call::machine::{AgentPlan, Seeds};
 use crate::call::task::{self, CallContext, CallEvent, SipCommand};
-use crate::call::{CallInput, CallLimits};
 use crate::clone::CloneService;
 use crate::config::Settings;
 use crate::elevenlabs::ws::AgentConfig;
 use crate::media::prompt::{Prompt, PromptError};
-use crate::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, ReferProgress, Refusal, SessionTimerConfig, SipEvent};
-use crate::sip::guard::{Guard, GuardConfig, SetupRate, Verdict};
+use crate::sip::endpoint::{CallKey, Endpoint, Output, ReferProgress, Refusal, SipEvent};
+use crate::sip::guard::{Guard, SetupRate, Verdict};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::register::{RegState, Registration, RegistrationConfig};
 
@@ -191,34 +191,13 @@ pub async fn start(
     let sip_addr = udp.local_addr().map_err(|error| ServerError::Bind { addr, error })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
-    let tcp_limits = transport::TcpLimits {
-        max_connections: settings.raw.sip.max_tcp_connections,
-        message_timeout: Duration::from_secs(settings.raw.sip.tcp_message_timeout_seconds),
-        idle_timeout: Duration::from_secs(settings.raw.sip.tcp_idle_timeout_seconds),
-    };
+    let tcp_limits = settings.tcp_limits();
     tokio::spawn(transport::accept_loop(tcp, inbound_tx.clone(), tcp_limits, shutdown_rx.clone()));
     let stats = Arc::new(Stats::default());
-    let endpoint = Endpoint::new(EndpointConfig {
-        user_agent: settings.raw.sip.user_agent.clone(),
-        timers: Default::default(),
-        public_addr: settings.public_addr,
-        session: SessionTimerConfig {
-            default: Duration::from_secs(settings.raw.sip.session_expires_seconds),
-            min_se: Duration::from_secs(settings.raw.sip.session_min_se_seconds),
-        },
-        auth: settings.sip_auth.clone(),
-    });
+    let endpoint = Endpoint::new(settings.endpoint_config());
     let (cmd_tx, cmd_rx) = mpsc::channel(8192);
     let prompts = Arc::new(RwLock::new(prompts));
-    let guard = Guard::new(GuardConfig {
-        allow: settings.sip_allow.clone(),
-        trusted: settings.sip_trusted.clone(),
-        drop_unknown: settings.raw.sip.drop_unknown,
-        invite_rate: settings.raw.sip.invite_rate,
-        invite_burst: settings.raw.sip.invite_burst,
-        request_rate: settings.raw.sip.request_rate,
-        request_burst: settings.raw.sip.request_burst,
-    });
+    let guard = Guard::new(settings.guard_config());
     let mut registrations = Vec::new();
     for r in &settings.registrations {
         let target = match tokio::net::lookup_host(r.target.as_str())
@@ -376,7 +355,7 @@ impl SipTask {
                 }
             }
             if let Some(since) = self.draining_since {
-                let drain_end = crate::deadline::after(since, Duration::from_secs(self.settings.raw.limits.drain_seconds));
+                let drain_end = crate::deadline::after(since, self.settings.drain());
                 let hard_stop = drain_end + DRAIN_GRACE;
                 if now >= drain_end && !hung_up {
                     hung_up = true;
@@ -447,7 +426,7 @@ impl SipTask {
                         self.stats.draining.store(true, Ordering::Relaxed);
                         self.endpoint.set_draining(true);
                         self.unregister_all().await;
-                        tracing::info!(live_calls = self.calls.len(), drain_seconds = self.settings.raw.limits.drain_seconds, "draining: refusing new calls");
+                        tracing::info!(live_calls = self.calls.len(), drain_seconds = self.settings.drain().as_secs(), "draining: refusing new calls");
                     }
                 }
             }

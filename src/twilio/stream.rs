@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 
 use super::TwilioState;
 use super::{TwilioCall, public_base, verify};
+use crate::call::CallInput;
 use crate::call::machine::{AgentPlan, CallMachine, CallSetup, Finished, Input, MediaEdge, Output, Seeds, SipOut};
-use crate::call::{CallInput, CallLimits};
 use crate::deadline::SpinGuard;
 use crate::elevenlabs::ws::{self, AgentCommand, AgentEvent};
 use crate::media::g711::G711;
@@ -98,7 +98,6 @@ fn setup(state: &TwilioState, call: &TwilioCall, agent: &ws::AgentConfig) -> Cal
         .resolution
         .as_ref()
         .map_or_else(|| agent.default_voice_id.clone(), |r| r.voice_id.clone());
-    let limits = &state.settings.raw;
     let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
     CallSetup {
         local: LocalMedia {
@@ -117,11 +116,7 @@ fn setup(state: &TwilioState, call: &TwilioCall, agent: &ws::AgentConfig) -> Cal
         }),
         player: Player::new(Prompt::from_pcm_8k(Vec::new()), None),
         apology: state.apology.clone(),
-        limits: CallLimits {
-            max_duration: Duration::from_secs(limits.limits.max_call_seconds),
-            rtp_timeout: Duration::from_secs(limits.rtp.timeout_seconds),
-            hold_timeout: Duration::from_secs(limits.rtp.hold_timeout_seconds),
-        },
+        limits: state.settings.call_limits(),
         answer_delay: Duration::ZERO,
         answer_sdp: Vec::new(),
         row: call.row.clone(),
