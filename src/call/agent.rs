@@ -9,7 +9,7 @@
 //! frame. The number of silent frames between them is recorded (`gap_ms`).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -17,8 +17,8 @@ use super::EndReason;
 use crate::elevenlabs::agent::{AudioFormat, ClientMessage};
 use crate::elevenlabs::ws::{AgentCommand, AgentEvent};
 use crate::media::bridge::{Bridge, BridgeError, BridgeStats};
+use crate::media::forward::{ForwardStats, Forwarder};
 use crate::media::g711::G711;
-use crate::media::jitter::{JitterBuffer, Pop};
 use crate::media::prompt::{FRAME_SAMPLES, Player, Prompt};
 
 /// Cap on the transcript kept for `call_log` (the post-call webhook has the full one).
@@ -63,8 +63,16 @@ pub struct AgentLink {
     codec: G711,
     max_queue_seconds: u32,
     bridge: Option<Bridge>,
-    jitter: JitterBuffer,
+    /// Caller audio goes to the agent as it arrives ([`Forwarder`]).
+    forward: Forwarder,
+    /// Since when caller audio flows to the agent, and how many frames went:
+    /// a caller who goes quiet is filled in with silence so the agent's input
+    /// never starves.
+    upstream_since: Option<Instant>,
+    frames_up: u64,
     playing: Playing,
+    /// Agent audio arrived while nothing of the agent's was queued.
+    turn_pending: bool,
     /// Set once the agent has closed: play out what is queued, then end.
     closed: Option<u16>,
     end_call: bool,
@@ -95,8 +103,11 @@ impl AgentLink {
             codec,
             max_queue_seconds,
             bridge: None,
-            jitter: JitterBuffer::default(),
+            forward: Forwarder::new(codec.silence()),
+            upstream_since: None,
+            frames_up: 0,
             playing: Playing::Greeting,
+            turn_pending: false,
             closed: None,
             end_call: false,
             silent_frames_before_agent: 0,
@@ -126,9 +137,31 @@ impl AgentLink {
         (!self.transcript.is_empty()).then(|| std::mem::take(&mut self.transcript))
     }
 
-    /// A caller RTP payload in the call's codec.
-    pub fn caller_packet(&mut self, seq: u16, payload: &[u8]) {
-        self.jitter.push(seq, payload);
+    /// A caller RTP payload in the call's codec: to the agent now, unless a
+    /// sequence gap before it is open (then within one frame time).
+    pub fn caller_packet(&mut self, now: Instant, seq: u16, payload: &[u8]) {
+        if self.bridge.is_none() || self.closed.is_some() {
+            return;
+        }
+        let up = Upstream {
+            bridge: &mut self.bridge,
+            chunk: &mut self.chunk,
+            encoded: &mut self.encoded,
+            outbox: &mut self.outbox,
+            dropped: &mut self.dropped_chunks,
+            frames_up: &mut self.frames_up,
+        };
+        let mut up = up;
+        self.forward.push(now, seq, payload, |f| up.send(Some(f)));
+    }
+
+    /// When an open sequence gap stops holding caller audio back.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.forward.poll_timeout()
+    }
+
+    pub fn forward_stats(&self) -> ForwardStats {
+        self.forward.stats()
     }
 
     /// A DTMF digit becomes background context for the agent.
@@ -166,14 +199,17 @@ impl AgentLink {
             } => {
                 self.bridge = Some(Bridge::new(self.codec, input, output, self.max_queue_seconds)?);
                 // What the caller said before the agent was there is not for it.
-                self.jitter = JitterBuffer::default();
+                self.forward = Forwarder::new(self.codec.silence());
+                self.frames_up = 0;
                 return Ok(LinkAction::Conversation(conversation_id));
             }
             AgentEvent::Audio { event_id, audio } => {
                 if let Some(b) = self.bridge.as_mut()
                     && self.closed.is_none_or(|code| code == 1000)
                 {
+                    let idle = b.queued_frames() == 0;
                     b.agent_audio(event_id, &audio);
+                    self.turn_pending |= idle && b.queued_frames() > 0;
                 }
             }
             AgentEvent::Interruption { event_id } => {
@@ -207,27 +243,40 @@ impl AgentLink {
         Ok(LinkAction::None)
     }
 
-    /// One tick of the media clock, caller → agent: one 20 ms chunk (silence
-    /// when the caller is quiet, so the agent's input timeout never fires).
-    pub fn upstream_tick(&mut self) {
-        let Some(bridge) = self.bridge.as_mut() else { return };
-        if self.closed.is_some() {
+    /// Time passed, caller → agent: a sequence gap whose frame time is over
+    /// is filled; a caller whose audio runs more than [`SILENCE_SLACK`] frames
+    /// behind the clock (silent, on hold, or gone) is filled in with silence,
+    /// one frame per frame time.
+    pub fn upstream_tick(&mut self, now: Instant) {
+        if self.bridge.is_none() || self.closed.is_some() {
             return;
         }
-        self.chunk.clear();
-        match self.jitter.pop() {
-            Pop::Frame(f) | Pop::Concealed(f) => bridge.caller_frame(Some(f), &mut self.chunk),
-            Pop::Silence => bridge.caller_frame(None, &mut self.chunk),
+        let since = *self.upstream_since.get_or_insert(now);
+        let mut up = Upstream {
+            bridge: &mut self.bridge,
+            chunk: &mut self.chunk,
+            encoded: &mut self.encoded,
+            outbox: &mut self.outbox,
+            dropped: &mut self.dropped_chunks,
+            frames_up: &mut self.frames_up,
+        };
+        self.forward.handle_timeout(now, |f| up.send(Some(f)));
+        let elapsed = (now.saturating_duration_since(since).as_millis() / FRAME.as_millis()) as u64;
+        while *up.frames_up + SILENCE_SLACK < elapsed {
+            up.send(None);
         }
-        if self.chunk.is_empty() {
-            return; // the resampler is still priming
+    }
+
+    /// Whether the agent's audio should start now rather than on the next
+    /// tick: a turn that begins while the agent was quiet, or the first turn
+    /// once the greeting is over.
+    pub fn take_turn_start(&mut self, greeting_done: bool) -> bool {
+        let pending = std::mem::take(&mut self.turn_pending);
+        match self.playing {
+            Playing::Agent => pending,
+            Playing::Greeting => greeting_done && self.bridge.as_ref().is_some_and(|b| b.queued_frames() >= 2),
+            Playing::Apology(_) => false,
         }
-        self.encoded.clear();
-        self.encoded.push_str("{\"user_audio_chunk\":\"");
-        base64::engine::general_purpose::STANDARD.encode_string(&self.chunk, &mut self.encoded);
-        self.encoded.push_str("\"}");
-        let json = self.encoded.clone();
-        self.send(json);
     }
 
     /// One tick of the media clock, → caller: the frame to send, and whether the
@@ -281,6 +330,47 @@ impl AgentLink {
                 }
                 (&self.silence, None)
             }
+        }
+    }
+}
+
+/// One frame time.
+const FRAME: Duration = Duration::from_millis(20);
+/// Frame times the caller's audio may run behind our clock before silence
+/// fills in: enough for a gap to close and for the jitter of a loaded network
+/// (a late burst must not find silence already inserted before it), far less
+/// than anything that would starve the agent's input.
+const SILENCE_SLACK: u64 = 5;
+
+/// The caller → agent half, borrowed from the link so the forwarder can hand
+/// frames straight to it.
+struct Upstream<'a> {
+    bridge: &'a mut Option<Bridge>,
+    chunk: &'a mut Vec<u8>,
+    encoded: &'a mut String,
+    outbox: &'a mut VecDeque<AgentCommand>,
+    dropped: &'a mut u64,
+    frames_up: &'a mut u64,
+}
+
+impl Upstream<'_> {
+    /// One frame to the agent as a `user_audio_chunk` (silence for `None`).
+    fn send(&mut self, frame: Option<&[u8]>) {
+        let Some(bridge) = self.bridge.as_mut() else { return };
+        *self.frames_up += 1;
+        self.chunk.clear();
+        bridge.caller_frame(frame, self.chunk);
+        if self.chunk.is_empty() {
+            return; // the resampler is still priming
+        }
+        self.encoded.clear();
+        self.encoded.push_str("{\"user_audio_chunk\":\"");
+        base64::engine::general_purpose::STANDARD.encode_string(&*self.chunk, self.encoded);
+        self.encoded.push_str("\"}");
+        if self.outbox.len() >= MAX_OUTBOX {
+            *self.dropped += 1;
+        } else {
+            self.outbox.push_back(AgentCommand::Text(self.encoded.clone()));
         }
     }
 }

@@ -327,6 +327,23 @@ impl Harness {
         self.rtp_ts = self.rtp_ts.wrapping_add(160);
     }
 
+    /// The caller's next packet numbers jump ahead (a packet lost or delayed).
+    pub fn skip_rtp(&mut self, packets: u16) {
+        self.rtp_seq = self.rtp_seq.wrapping_add(packets);
+        self.rtp_ts = self.rtp_ts.wrapping_add(160 * u32::from(packets));
+    }
+
+    /// The caller's next packet numbers go back (a delayed packet arriving).
+    pub fn rewind_rtp(&mut self, packets: u16) {
+        self.rtp_seq = self.rtp_seq.wrapping_sub(packets);
+        self.rtp_ts = self.rtp_ts.wrapping_sub(160 * u32::from(packets));
+    }
+
+    /// Carries out what the machine produced for inputs given by hand.
+    pub fn drain_now(&mut self) {
+        self.drain();
+    }
+
     /// Takes everything the machine wants done and plays the other parties' part.
     fn drain(&mut self) {
         let now = self.now;

@@ -320,6 +320,9 @@ impl CallMachine {
             let at = s.next_deadline();
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
+        if let Some(at) = self.agent.as_ref().and_then(AgentLink::poll_timeout) {
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
         wake
     }
 
@@ -364,7 +367,7 @@ impl CallMachine {
                 });
                 self.call.handle(now, CallInput::VoiceDecided(r.voice_id));
             }
-            Input::Agent(ev) => self.agent_event(ev),
+            Input::Agent(ev) => self.agent_event(ev, now),
         }
         self.pump(now);
     }
@@ -383,6 +386,10 @@ impl CallMachine {
             self.answered(now);
         }
         self.media_tick(now);
+        if let Some(link) = self.agent.as_mut() {
+            link.upstream_tick(now);
+        }
+        self.drain_agent();
         self.call.handle_timeout(now);
         self.pump(now);
     }

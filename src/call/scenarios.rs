@@ -188,7 +188,9 @@ fn end_call_plays_the_last_words_then_hangs_up() {
     h.run_for(5 * SEC);
     assert_eq!(h.hangups(), vec![EndReason::AgentEnded]);
     let bye_at = h.sip.iter().find(|(_, c)| matches!(c, SipOut::Hangup(_))).unwrap().0;
-    assert!(bye_at - said >= SEC, "the goodbye (1 s) played first: {:?}", bye_at - said);
+    // The goodbye starts at once (a new talkspurt) and plays out (the
+    // resampler's last partial frame aside) before the BYE.
+    assert!(bye_at - said >= 960 * MS, "the goodbye (1 s) played first: {:?}", bye_at - said);
     assert_eq!(h.last_row().end_reason.as_deref(), Some("agent_end_call"));
 }
 
@@ -473,4 +475,75 @@ fn a_frames_edge_runs_the_same_call_without_rtp() {
     let row = h.last_row();
     assert_eq!((row.end_reason.as_deref(), row.rtp_in_packets), (Some("agent_end_call"), None));
     assert!(row.bridged_at.is_some());
+}
+
+/// Issue 16: no delay added to the caller's audio. On fake time every caller
+/// packet reaches the agent at the instant it arrives; a packet behind a gap
+/// waits at most one frame time, and order is kept.
+#[test]
+fn caller_audio_reaches_the_agent_on_arrival() {
+    let mut h = Harness::new(World {
+        agent: Some(AudioFormat::Ulaw8000),
+        ..World::default()
+    });
+    bridged(&mut h);
+    h.run_for(100 * MS);
+    h.caller_sends = false;
+    let sent_at = h.now;
+    let before = h.agent_received.len();
+    h.talk.extend(std::iter::repeat_n(1000i16, 160));
+    h.send_rtp();
+    h.drain_now();
+    assert_eq!(
+        h.agent_received.len(),
+        before + 160,
+        "forwarded at {:?}, not on a tick",
+        h.now - sent_at
+    );
+    // Two packets swapped by the network: the later one waits for the first.
+    h.skip_rtp(1);
+    h.talk.extend(std::iter::repeat_n(2000i16, 160));
+    h.send_rtp();
+    h.drain_now();
+    assert_eq!(h.agent_received.len(), before + 160, "held behind the gap");
+    h.rewind_rtp(2);
+    h.talk.extend(std::iter::repeat_n(3000i16, 160));
+    h.send_rtp();
+    h.drain_now();
+    assert_eq!(h.agent_received.len(), before + 480, "both out, in order, when the gap closed");
+    let tail = &h.agent_received[before + 160..];
+    assert_eq!(g711::ulaw_to_linear(tail[0]), g711::ulaw_to_linear(g711::ulaw_encode(3000)));
+    assert_eq!(g711::ulaw_to_linear(tail[160]), g711::ulaw_to_linear(g711::ulaw_encode(2000)));
+}
+
+/// Issue 16: an agent turn starts at once. Audio that arrives between frames
+/// while the agent is quiet goes out at that instant as a new talkspurt
+/// (marker, sequence and timestamp continuing), then every 20 ms from there.
+#[test]
+fn an_agent_turn_starts_the_instant_its_audio_arrives() {
+    let mut h = Harness::new(World {
+        agent: Some(AudioFormat::Ulaw8000),
+        ..World::default()
+    });
+    bridged(&mut h);
+    h.run_for(2 * SEC); // the first message is over; the agent is quiet
+    let quiet = h.heard.len();
+    h.run_for(7 * MS); // off the 20 ms grid
+    let arrives = h.now;
+    h.agent_says(Duration::ZERO, DEFAULT_VOICE, 0.5, 4);
+    h.run_for(SEC);
+    let first = h.heard[quiet..].iter().position(|p| p.at >= arrives).map(|i| quiet + i).unwrap();
+    let (prev, p) = (&h.heard[first - 1], &h.heard[first]);
+    assert_eq!(p.at, arrives, "the first frame leaves when the audio arrives");
+    assert!(p.marker, "a new talkspurt");
+    assert_eq!((p.seq, p.ts), (prev.seq.wrapping_add(1), prev.ts.wrapping_add(160)));
+    assert!(!quiet_frame(&p.pcm), "it is the agent's audio");
+    for (i, w) in h.heard[first..first + 20].windows(2).enumerate() {
+        assert_eq!(w[1].at - w[0].at, 20 * MS, "paced from the turn's start (frame {i})");
+        assert!(!w[1].marker);
+    }
+}
+
+fn quiet_frame(pcm: &[i16]) -> bool {
+    pcm.iter().all(|s| s.abs() < 300)
 }

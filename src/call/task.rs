@@ -84,6 +84,9 @@ pub struct CallContext {
     pub setup: CallSetup,
 }
 
+/// Datagrams taken from the socket before each media-clock tick, at most.
+const MAX_QUEUED_READS: usize = 16;
+
 /// Runs one call to its end, then reports it finished.
 pub async fn run(ctx: CallContext, created: Instant) {
     let CallContext {
@@ -158,7 +161,18 @@ pub async fn run(ctx: CallContext, created: Instant) {
         sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
         tokio::select! {
             biased;
-            _ = &mut sleep => m.handle_timeout(Instant::now()),
+            _ = &mut sleep => {
+                // What the network already delivered goes first (bounded, so a
+                // flood cannot hold the clock back): after a stall, the caller's
+                // queued packets must reach the agent before the clock decides
+                // the caller went quiet.
+                let now = Instant::now();
+                for _ in 0..MAX_QUEUED_READS {
+                    let Ok((n, from)) = socket.try_recv_from(&mut recv_buf) else { break };
+                    m.handle(now, Input::Rtp { data: &recv_buf[..n], from });
+                }
+                m.handle_timeout(now);
+            }
             r = socket.recv_from(&mut recv_buf) => {
                 if let Ok((n, from)) = r {
                     m.handle(Instant::now(), Input::Rtp { data: &recv_buf[..n], from });

@@ -4,6 +4,7 @@
 pub mod bridge;
 pub mod dtmf;
 pub mod format;
+pub mod forward;
 pub mod g711;
 pub mod jitter;
 #[cfg(feature = "opus")]

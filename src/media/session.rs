@@ -68,6 +68,21 @@ impl RtpSender {
         crate::deadline::after(self.start, FRAME.saturating_mul(frames))
     }
 
+    /// A new talkspurt is ready now (the agent starts speaking between frames):
+    /// the next frame becomes due at once and the schedule continues 20 ms
+    /// apart from here (RFC 3551 §4.1: marker set; the timestamp is the next
+    /// frame's, one frame on from the last packet sent, which left at most a
+    /// frame time ago; the sequence number continues).
+    pub fn start_talkspurt(&mut self, now: Instant) {
+        self.marker = true;
+        let due = self.next_deadline();
+        if let Some(early) = due.checked_duration_since(now)
+            && let Some(start) = self.start.checked_sub(early)
+        {
+            self.start = start;
+        }
+    }
+
     /// The timeline index of the next frame (for the prompt player).
     pub fn next_frame(&self) -> u64 {
         self.next_frame

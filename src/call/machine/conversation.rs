@@ -30,7 +30,7 @@ impl CallMachine {
         }));
     }
 
-    pub(super) fn agent_event(&mut self, ev: AgentEvent) {
+    pub(super) fn agent_event(&mut self, ev: AgentEvent, now: Instant) {
         let Some(link) = self.agent.as_mut() else { return };
         if let AgentEvent::Closed { code, reason } = &ev {
             tracing::info!(call = %self.row.call_id, code, reason = %reason, "agent conversation closed");
@@ -67,6 +67,13 @@ impl CallMachine {
                     reason: e.to_string(),
                 });
             }
+        }
+        let greeting_done = self.player.greeting_done();
+        if let Some(link) = self.agent.as_mut()
+            && link.take_turn_start(greeting_done)
+            && let Some(s) = self.sender.as_mut().filter(|_| !self.stopped)
+        {
+            s.start_talkspurt(now);
         }
         self.drain_agent();
     }

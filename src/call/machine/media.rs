@@ -86,9 +86,6 @@ impl CallMachine {
         let mut end = None;
         let burst = &mut *self.burst;
         for _ in 0..due {
-            if let Some(link) = self.agent.as_mut() {
-                link.upstream_tick();
-            }
             if !sending || burst.queued >= burst.packets.len() {
                 // On hold the clock still runs, so the timeline resumes in step.
                 self.player.skip();
@@ -152,7 +149,8 @@ impl CallMachine {
                 Some(transcoded) => transcoded,
                 None => packet.payload,
             };
-            link.caller_packet(header.sequence, payload);
+            link.caller_packet(now, header.sequence, payload);
+            self.drain_agent();
         }
     }
 
@@ -161,7 +159,8 @@ impl CallMachine {
     pub(super) fn inbound_frame(&mut self, seq: u16, payload: &[u8], now: Instant) {
         self.call.on_rtp(now);
         if let Some(link) = self.agent.as_mut() {
-            link.caller_packet(seq, payload);
+            link.caller_packet(now, seq, payload);
+            self.drain_agent();
         }
     }
 
