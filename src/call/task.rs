@@ -104,7 +104,8 @@ pub async fn run(ctx: CallContext, created: Instant) {
         setup,
     } = ctx;
     let mut m = CallMachine::new(created, setup);
-    tracing::info!(call = %key, call_id = %sip_call_id, caller = ?m.caller(), %callee, %peer, "call started");
+    let caller = m.caller().unwrap_or("anonymous");
+    tracing::info!(call = %key, call_id = %sip_call_id, %caller, %callee, %peer, "call started");
     let mut agent_tx: Option<mpsc::Sender<AgentCommand>> = None;
     let mut recv_buf = [0u8; 2048];
     let far = Duration::from_secs(86_400);
@@ -233,7 +234,7 @@ pub fn report(protocol: &'static str, external: &str, f: &Finished) {
         call = %f.row.call_id,
         protocol,
         external,
-        caller = ?f.row.caller,
+        caller = f.row.caller.as_deref().unwrap_or("anonymous"),
         reason = %f.reason,
         duration_ms,
         media_started_ms = f.media_started_ms,
