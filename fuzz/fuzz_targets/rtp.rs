@@ -1,5 +1,5 @@
 //! RTP parsing and everything a peer's packets reach: the receiver's
-//! statistics, the source latch, RFC 4733 DTMF and the jitter buffer.
+//! statistics, the source latch, RFC 4733 DTMF and the caller-audio forwarder.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use precall::media::dtmf::DtmfReceiver;
-use precall::media::jitter::JitterBuffer;
+use precall::media::forward::Forwarder;
 use precall::media::session::{RtpReceiver, SourceLatch};
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let mut receiver = RtpReceiver::new(8000, t0);
     let mut latch = SourceLatch::new(Some(SocketAddr::from(([10, 0, 0, 1], 4000))), false, t0);
     let mut dtmf = DtmfReceiver::default();
-    let mut jitter = JitterBuffer::new(2);
+    let mut forward = Forwarder::new(0xFF);
     // The input is a run of datagrams, each prefixed by its length byte.
     let mut rest = data;
     let mut i = 0u32;
@@ -29,8 +29,8 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(p) = receiver.on_datagram(now, packet) {
             let _ = latch.on_packet(now, from, &p.header, true);
             let _ = dtmf.on_packet(p.header.timestamp, p.payload);
-            jitter.push(p.header.sequence, p.payload);
-            let _ = jitter.pop();
+            forward.push(now, p.header.sequence, p.payload, |f| assert!(f.len() <= 480));
+            forward.handle_timeout(now, |_| {});
         }
     }
     let stats = receiver.stats();

@@ -1,7 +1,7 @@
 //! The call's side of the agent bridge: which audio the media clock plays
 //! (greeting, agent, apology), the hand-off from greeting to agent, and what the
 //! call does when the agent ends or fails. Plain logic over the [`Bridge`] and
-//! the [`JitterBuffer`]; the WebSocket task ([`crate::elevenlabs::ws`]) does the IO.
+//! the [`Forwarder`]; the WebSocket task ([`crate::elevenlabs::ws`]) does the IO.
 //!
 //! The hand-off happens at a frame boundary once the greeting has played through
 //! and agent audio is already queued, so the caller hears no gap and no overlap:

@@ -6,7 +6,6 @@ pub mod dtmf;
 pub mod format;
 pub mod forward;
 pub mod g711;
-pub mod jitter;
 #[cfg(feature = "opus")]
 pub mod opus;
 pub mod prompt;

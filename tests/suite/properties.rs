@@ -1,11 +1,11 @@
 //! Property tests for the arithmetic a peer or a long call can push to its
 //! limits: deadlines, the RTP sender's sequence/timestamp/timeline, the
-//! receiver's loss accounting and the jitter buffer.
+//! receiver's loss accounting and the caller-audio forwarder.
 
 use std::time::{Duration, Instant};
 
 use precall::deadline;
-use precall::media::jitter::{JitterBuffer, Pop};
+use precall::media::forward::{Forwarder, GAP_WAIT, MAX_FRAME};
 use precall::media::rtp::RtpPacket;
 use precall::media::session::{MAX_PACKET, RtpReceiver, RtpSender};
 use proptest::prelude::*;
@@ -73,17 +73,29 @@ proptest! {
         prop_assert!(st.packets <= packets.len() as u64);
     }
 
+    /// Whatever sequence numbers and timing a peer sends, the forwarder emits
+    /// bounded frames, never holds a packet past one frame time, and accounts
+    /// for every packet (forwarded, concealed in its place, late, or oversize).
     #[test]
-    fn the_jitter_buffer_takes_any_sequence(ops in prop::collection::vec((any::<u16>(), 0usize..2000, any::<bool>()), 0..400), depth in 0usize..8) {
-        let mut jb = JitterBuffer::new(depth);
-        for (seq, len, pop) in ops {
-            jb.push(seq, &vec![1u8; len]);
-            if pop {
-                match jb.pop() {
-                    Pop::Frame(f) | Pop::Concealed(f) => prop_assert!(f.len() <= 2000),
-                    Pop::Silence => {}
-                }
+    fn the_forwarder_takes_any_sequence(ops in prop::collection::vec((any::<u16>(), 0usize..600, 0u64..50), 0..400)) {
+        let t0 = std::time::Instant::now();
+        let mut f = Forwarder::new(0xFF);
+        let mut now = t0;
+        let mut emitted = 0u64;
+        let mut pushed = 0u64;
+        for (seq, len, wait_ms) in ops {
+            now += std::time::Duration::from_millis(wait_ms);
+            f.handle_timeout(now, |p| { emitted += 1; assert!(p.len() <= MAX_FRAME); });
+            f.push(now, seq, &vec![1u8; len], |p| { emitted += 1; assert!(p.len() <= MAX_FRAME); });
+            pushed += 1;
+            if let Some(t) = f.poll_timeout() {
+                prop_assert!(t <= now + GAP_WAIT, "held longer than one frame time");
             }
         }
+        f.handle_timeout(now + GAP_WAIT, |_| emitted += 1);
+        prop_assert_eq!(f.poll_timeout(), None);
+        let st = f.stats();
+        prop_assert_eq!(emitted, st.forwarded + st.concealed);
+        prop_assert_eq!(pushed, st.forwarded + st.late + st.oversize, "every packet accounted for");
     }
 }
