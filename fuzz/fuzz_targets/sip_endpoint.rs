@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use precall::call::{Call, CallAction, CallInput, CallLimits};
+use precall::call::{CallAction, CallInput, CallLimits, Lifecycle};
 use precall::sip::endpoint::{CallKey, Endpoint, EndpointConfig, Output, SipEvent};
 use precall::sip::{Flow, Transport};
 
@@ -92,7 +92,7 @@ struct Sim {
     ep: Endpoint,
     now: Instant,
     flow: Flow,
-    calls: HashMap<CallKey, Call>,
+    calls: HashMap<CallKey, Lifecycle>,
     to_tags: HashMap<String, String>,
     cseq: u32,
 }
@@ -172,7 +172,7 @@ impl Sim {
         };
         match ev {
             SipEvent::Invite { call, request, .. } => {
-                let mut c = Call::new(now, limits);
+                let mut c = Lifecycle::new(now, limits);
                 if request.body.is_empty() {
                     self.ep.accept(now, call, SDP.as_bytes());
                 } else {
