@@ -198,9 +198,16 @@ where
     // 20 ms audio chunks must not wait for Nagle's algorithm (measured: +40 ms).
     // The agent's largest message is a few seconds of audio; a peer cannot make
     // us buffer the library's default of 64 MiB per message.
+    // The library's default buffers are 128 KiB each way, per connection: most
+    // of a bridged call's memory. Messages here are 20 ms chunks up and short
+    // bursts of audio down, so a 4 KiB read chunk (its own docs' advice for
+    // many connections) and eager writes (every send is flushed anyway) lose
+    // nothing.
     let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_AGENT_MESSAGE))
-        .max_frame_size(Some(MAX_AGENT_MESSAGE));
+        .max_frame_size(Some(MAX_AGENT_MESSAGE))
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
     let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(limits), true);
     let (ws, _) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), connect)
         .await
