@@ -176,13 +176,13 @@ impl Endpoint {
                 .unwrap_or_else(|| d.flow.remote.to_string());
             format!("sip:{target}@{host}")
         };
-        let contact = format!("<sip:precall@{}>", self.config.public_addr.unwrap_or(d.flow.local));
-        let referred_by = NameAddr::parse("To", &d.local_party).map_or_else(|_| contact.clone(), |n| format!("<{}>", n.uri.as_str()));
+        let contact = self.contact(d.flow);
+        let referred_by = NameAddr::parse("To", &d.local_party).map_or_else(|_| contact, |n| format!("<{}>", n.uri.as_str()));
         self.send_in_dialog(
             now,
             call,
             "REFER",
-            &[("Refer-To", format!("<{uri}>")), ("Referred-By", referred_by), ("Contact", contact)],
+            &[("Refer-To", format!("<{uri}>")), ("Referred-By", referred_by)],
         );
         true
     }
@@ -207,6 +207,10 @@ impl Endpoint {
         let mut w = dialog_request(d, self.config.public_addr, method, &branch, d.local_cseq);
         for (name, value) in extra {
             w.header(name, value);
+        }
+        if carries_contact(method) {
+            let contact = self.contact(flow);
+            w.header("Contact", &contact);
         }
         w.header("User-Agent", &self.config.user_agent);
         let request = match body {
@@ -290,4 +294,12 @@ pub(super) fn dialog_request(d: &Dialog, public_addr: Option<SocketAddr>, method
     w.header("Call-ID", &d.call_id);
     w.header("CSeq", format!("{cseq} {method}"));
     w
+}
+
+/// In-dialog requests that must carry our Contact: the target-refresh requests
+/// (re-INVITE, UPDATE: RFC 3261 §12.2, RFC 3311 §5.1) and those that set up a
+/// subscription (REFER's implicit one, RFC 3515; SUBSCRIBE and NOTIFY, RFC
+/// 6665 §4.1.1, §4.2.2). BYE, CANCEL, ACK, INFO and MESSAGE need none.
+pub(crate) fn carries_contact(method: &str) -> bool {
+    matches!(method, "INVITE" | "UPDATE" | "REFER" | "SUBSCRIBE" | "NOTIFY")
 }

@@ -91,9 +91,11 @@ fn precall_refreshes_with_update_at_half_the_interval() {
             .iter()
             .find(|m| method(m) == "UPDATE")
             .unwrap_or_else(|| panic!("refresh {n}: {sent:?}"));
-        assert_eq!(header(update, "Session-Expires"), Some("2;refresher=uas"));
+        // We are the UAC of our own refresh (RFC 4028 §7.4), and it refreshes the target.
+        assert_eq!(header(update, "Session-Expires"), Some("2;refresher=uac"));
+        assert_eq!(header(update, "Contact"), Some("<sip:precall@192.0.2.1:5060>"));
         assert!(events.is_empty(), "{events:?}");
-        h.feed(&reply(update, "200 OK", "Session-Expires: 2;refresher=uas\r\n"));
+        h.feed(&reply(update, "200 OK", "Session-Expires: 2;refresher=uac\r\n"));
         let (sent, events) = h.drain();
         assert!(sent.is_empty() && events.is_empty(), "the refresh completes quietly");
     }
@@ -111,7 +113,8 @@ fn a_caller_without_update_is_refreshed_by_re_invite_and_we_ack_it() {
             .iter()
             .find(|m| method(m) == "INVITE")
             .unwrap_or_else(|| panic!("refresh {n}: {sent:?}"));
-        assert_eq!(header(reinvite, "Session-Expires"), Some("2;refresher=uas"));
+        assert_eq!(header(reinvite, "Session-Expires"), Some("2;refresher=uac"));
+        assert_eq!(header(reinvite, "Contact"), Some("<sip:precall@192.0.2.1:5060>"));
         assert_eq!(
             reinvite.split("\r\n\r\n").nth(1),
             Some(ours.as_str()),
@@ -135,4 +138,34 @@ fn an_update_refused_with_405_falls_back_to_re_invite_at_once() {
     let (sent, _) = h.drain();
     let reinvite = sent.iter().find(|m| method(m) == "INVITE").expect("a re-INVITE at once");
     assert!(reinvite.contains("v=0"), "{reinvite}");
+}
+
+/// Issue 17 #2, table-driven: every in-dialog request precall sends carries
+/// exactly the Contact its RFC asks for.
+#[test]
+fn in_dialog_requests_carry_contact_exactly_where_required() {
+    for (method, want) in [
+        ("INVITE", true),
+        ("UPDATE", true),
+        ("REFER", true),
+        ("SUBSCRIBE", true),
+        ("NOTIFY", true),
+        ("BYE", false),
+        ("ACK", false),
+        ("CANCEL", false),
+        ("INFO", false),
+    ] {
+        assert_eq!(super::dialog::carries_contact(method), want, "{method}");
+    }
+    // And on the wire: a REFER and a BYE from a live dialog.
+    let mut h = Harness::with_session(short());
+    let (call, _, _) = timed_call(&mut h, "");
+    assert!(h.ep.refer(h.now, call, "+15550009999"));
+    let (sent, _) = h.drain();
+    let refer = sent.iter().find(|m| method(m) == "REFER").expect("REFER");
+    assert_eq!(refer.matches("\r\nContact:").count(), 1, "{refer}");
+    h.ep.hangup(h.now, call, "done");
+    let (sent, _) = h.drain();
+    let bye = sent.iter().find(|m| method(m) == "BYE").expect("BYE");
+    assert!(!bye.contains("\r\nContact:"), "{bye}");
 }

@@ -46,9 +46,18 @@ pub(crate) struct SessionTimer {
 }
 
 impl SessionTimer {
+    /// `Session-Expires` in a response (the INVITE's 2xx, or the 2xx to the
+    /// caller's refresh): `refresher` names the role in *that* transaction,
+    /// where the caller is the UAC and we are the UAS (RFC 4028 §9).
     pub fn header(&self) -> String {
         let who = if self.we_refresh { "uas" } else { "uac" };
         format!("{};refresher={who}", self.interval.as_secs())
+    }
+
+    /// `Session-Expires` in a refresh we send: we are the UAC of that
+    /// transaction and the refresher, so `refresher=uac` (RFC 4028 §7.4).
+    pub fn our_refresh_header(&self) -> String {
+        format!("{};refresher=uac", self.interval.as_secs())
     }
 
     /// Arms the timer from `now` (the 2xx, or a refresh).
@@ -172,14 +181,10 @@ impl Endpoint {
     fn send_refresh(&mut self, now: Instant, call: CallKey) {
         let Some(d) = self.dialogs.get(&call) else { return };
         let Some(t) = d.session else { return };
-        let headers = [
-            ("Session-Expires", t.header()),
-            ("Supported", "timer".to_owned()),
-            ("Contact", self.contact(d.flow)),
-        ];
+        let headers = [("Session-Expires", t.our_refresh_header()), ("Supported", "timer".to_owned())];
         match d.local_sdp.clone().filter(|_| d.refresh_with_invite) {
             Some(sdp) => self.send_in_dialog_body(now, call, "INVITE", &headers, Some(("application/sdp", &sdp))),
-            None => self.send_in_dialog(now, call, "UPDATE", &headers[..2]),
+            None => self.send_in_dialog(now, call, "UPDATE", &headers),
         }
     }
 
