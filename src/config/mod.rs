@@ -478,14 +478,14 @@ impl Settings {
         })
     }
 
-    /// The effective settings as TOML, secrets masked (none yet in this section set;
-    /// keys named `*password*`, `*secret*`, `*token*`, `*key*` are masked).
+    /// The effective settings as TOML, every [`SECRETS`] entry masked and the
+    /// database URL's password redacted.
     pub fn to_masked_toml(&self) -> String {
         let mut value = match toml::Value::try_from(&self.raw) {
             Ok(v) => v,
             Err(e) => return format!("# cannot render settings: {e}\n"),
         };
-        mask(&mut value);
+        mask(&mut value, "");
         if let Some(db) = value.get_mut("database").and_then(|d| d.as_table_mut()) {
             db.insert("url".into(), toml::Value::String(crate::store::redact(&self.database_url)));
         }
@@ -496,18 +496,37 @@ impl Settings {
     }
 }
 
-fn mask(value: &mut toml::Value) {
-    if let toml::Value::Table(table) = value {
-        for (k, v) in table.iter_mut() {
-            let secret = ["password", "secret", "token", "api_key", "signing_key"]
-                .iter()
-                .any(|s| k.contains(s))
-                || k == "key";
-            match v {
-                toml::Value::String(s) if secret && !s.is_empty() => *s = "********".into(),
-                other => mask(other),
+/// Every setting that holds a secret, by its path (`[]`: any entry of a list).
+/// `check-config` masks exactly these, and a test sets each one and checks that
+/// no output shows it. A new secret setting is added here.
+pub const SECRETS: &[&str] = &[
+    "elevenlabs.api_key",
+    "elevenlabs.webhook_secret",
+    "twilio.auth_token",
+    "twilio.webhook_signing_key",
+    "api.key",
+    "sip.registrations[].password",
+    "sip.auth_users[].password",
+];
+
+fn mask(value: &mut toml::Value, path: &str) {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match v {
+                    toml::Value::String(s) if !s.is_empty() && SECRETS.contains(&here.as_str()) => *s = "********".into(),
+                    other => mask(other, &here),
+                }
             }
         }
+        toml::Value::Array(items) => {
+            let here = format!("{path}[]");
+            for item in items {
+                mask(item, &here);
+            }
+        }
+        _ => {}
     }
 }
 

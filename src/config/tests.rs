@@ -122,8 +122,8 @@ fn public_addr_forms_and_masking() {
     assert_eq!(s.public_addr.unwrap().port(), 5080);
     let text = s.to_masked_toml();
     assert!(text.contains("public_addr = \"203.0.113.5:5080\""), "{text}");
-    let mut v: toml::Value = toml::from_str("[x]\napi_key = \"sk-123\"\nother = \"y\"\n").unwrap();
-    mask(&mut v);
+    let mut v: toml::Value = toml::from_str("[elevenlabs]\napi_key = \"sk-123\"\nother = \"y\"\n").unwrap();
+    mask(&mut v, "");
     let out = toml::to_string(&v).unwrap();
     assert!(
         out.contains("********") && !out.contains("sk-123") && out.contains("\"y\""),
@@ -144,4 +144,37 @@ fn password_env_is_resolved_from_the_injected_environment() {
     assert_eq!(s.sip_auth.unwrap().users, vec![("pbx".to_owned(), "s3cret".to_owned())]);
     let err = Settings::compile_with_env(raw, &env(&[])).unwrap_err().to_string();
     assert!(err.contains("PRECALL_TEST_PBX_PASSWORD_NOT_IN_THE_PROCESS is not set"), "{err}");
+}
+
+/// Issue 17 #3: every secret in [`SECRETS`] is set to a value of its own, and
+/// none of them shows in `check-config`'s output (nor in the masked TOML's
+/// structure: the keys are still there, masked).
+#[test]
+fn check_config_shows_no_secret() {
+    let toml = r#"
+        [elevenlabs]
+        api_key = "SECRET-elevenlabs-api-key"
+        webhook_secret = "SECRET-webhook-secret"
+        [twilio]
+        auth_token = "SECRET-twilio-token"
+        webhook_signing_key = "SECRET-signing-key"
+        [api]
+        key = "SECRET-admin-api-key"
+        [sip]
+        auth_realm = "precall.test"
+        [[sip.auth_users]]
+        username = "pbx"
+        password = "SECRET-auth-user-password"
+        [[sip.registrations]]
+        registrar = "sip:registrar.example"
+        aor = "sip:100@registrar.example"
+        username = "100"
+        password = "SECRET-registration-password"
+    "#;
+    let raw: RawSettings = toml::from_str(toml).expect("test config parses");
+    let settings = Settings::compile_with_env(raw, &HashMap::new()).expect("valid");
+    let shown = settings.to_masked_toml();
+    assert!(!shown.contains("SECRET-"), "a secret is shown:\n{shown}");
+    let masked = shown.matches("\"********\"").count();
+    assert_eq!(masked, SECRETS.len(), "each listed secret is present and masked:\n{shown}");
 }

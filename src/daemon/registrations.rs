@@ -78,13 +78,26 @@ impl SipTask {
         if self.registrations.is_empty() {
             return;
         }
-        let states: Vec<(String, RegState)> = self.registrations.iter().map(|r| (r.aor().to_owned(), r.state().clone())).collect();
+        let now = Instant::now();
         let mut shared = self.stats.registrations.lock().unwrap_or_else(|p| p.into_inner());
-        if *shared != states {
-            for (aor, state) in &states {
-                metrics::gauge!("precall_registration_up", "aor" => aor.clone()).set(if state.is_registered() { 1.0 } else { 0.0 });
+        shared.resize_with(self.registrations.len(), || RegistrationStatus {
+            aor: String::new(),
+            state: RegState::Unregistered,
+            since: now,
+            last_error: None,
+        });
+        for (r, status) in self.registrations.iter().zip(shared.iter_mut()) {
+            if status.aor == r.aor() && status.state == *r.state() {
+                continue;
             }
-            *shared = states;
+            status.aor = r.aor().to_owned();
+            status.state = r.state().clone();
+            status.since = now;
+            if let RegState::Failed { why } = r.state() {
+                status.last_error = Some(why.clone());
+            }
+            let up = if status.state.is_registered() { 1.0 } else { 0.0 };
+            metrics::gauge!("precall_registration_up", "aor" => status.aor.clone()).set(up);
         }
     }
 }

@@ -79,13 +79,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let sip = ctx.stats.sip_live(SIP_STALL);
     let draining = ctx.stats.draining.load(Ordering::Relaxed);
     let live = ctx.stats.live_calls.load(Ordering::Relaxed) + state.twilio.live.load(Ordering::Relaxed);
+    let now = std::time::Instant::now();
     let registrations: Vec<serde_json::Value> = ctx
         .stats
         .registrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|(aor, state)| json!({"aor": aor, "registered": state.is_registered(), "state": format!("{state:?}")}))
+        .map(|r| r.to_json(now))
         .collect();
     let ok = sip && probed && database && agent != Some(false) && !draining;
     let status = if draining {

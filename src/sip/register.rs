@@ -50,6 +50,17 @@ impl RegState {
     pub fn is_registered(&self) -> bool {
         matches!(self, RegState::Registered { .. })
     }
+
+    /// The state as one stable word, for `/health` and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RegState::Registering => "registering",
+            RegState::Registered { .. } => "registered",
+            RegState::Failed { .. } => "failed",
+            RegState::Unregistering => "unregistering",
+            RegState::Unregistered => "unregistered",
+        }
+    }
 }
 
 const T1: Duration = Duration::from_millis(500);

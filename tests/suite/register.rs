@@ -92,7 +92,12 @@ async fn registers_with_digest_refreshes_and_unregisters_at_shutdown() {
     {
         let regs = daemon.stats.registrations.lock().unwrap().clone();
         assert_eq!(regs.len(), 1);
-        assert!(regs[0].1.is_registered(), "{regs:?}");
+        assert!(regs[0].state.is_registered(), "{regs:?}");
+        // The stable JSON shape /health serves (docs/API.md).
+        let json = regs[0].to_json(Instant::now());
+        assert_eq!(json["state"], "registered", "{json}");
+        assert!(json["expires_in"].as_u64().is_some_and(|s| s <= 2), "{json}");
+        assert!(json["last_error"].is_null() || json["last_error"].is_string(), "{json}");
     }
     // Re-registration at 80 % of 2 s, reusing the nonce.
     let (third, from) = recv().await;
@@ -164,7 +169,7 @@ async fn registers_over_tcp_on_a_connection_it_opens() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(daemon.stats.registrations.lock().unwrap()[0].1.is_registered());
+    assert!(daemon.stats.registrations.lock().unwrap()[0].state.is_registered());
     daemon.handle.shutdown();
     let last = next(&mut conn).await;
     assert_eq!(header(&last, "Expires").as_deref(), Some("0"), "unREGISTER on the same connection");
