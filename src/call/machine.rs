@@ -164,6 +164,10 @@ pub struct CallMachine {
     plan: Option<AgentPlan>,
     seeds: Seeds,
     edge: MediaEdge,
+    /// The caller's frames on a [`MediaEdge::Frames`] edge: count, and losses
+    /// from gaps in their numbers.
+    frames_in: RtpStats,
+    last_frame: Option<u16>,
     sender: Option<RtpSender>,
     receiver: RtpReceiver,
     /// Where packets go (the SDP address, or the latched source).
@@ -253,6 +257,8 @@ impl CallMachine {
             plan: agent,
             seeds,
             edge,
+            frames_in: RtpStats::default(),
+            last_frame: None,
             sender: None,
             receiver: RtpReceiver::new(rate, now),
             dest: remote,
@@ -439,16 +445,21 @@ impl CallMachine {
     /// The call's last revision and its summary, once [`Output::Ended`] came out.
     pub fn finish(&mut self, now: Instant) -> Finished {
         let reason = self.ended.clone().unwrap_or(EndReason::Error("finished early".into()));
-        let stats = self.receiver.stats();
+        // A frames edge has no RTP, but its frames are counted the same way.
+        let stats = match self.edge {
+            MediaEdge::Rtp => self.receiver.stats(),
+            MediaEdge::Frames => self.frames_in,
+        };
         let mut row = std::mem::take(&mut self.row);
         row.revision += 1;
         row.ended_at = Some(row.started_at + now.saturating_duration_since(self.created).as_millis() as i64);
         row.end_reason = Some(reason.as_str().to_owned());
         let mut mos = None;
-        if self.media_started.is_some() && self.edge == MediaEdge::Rtp {
+        if self.media_started.is_some() {
             row.rtp_in_packets = Some(stats.packets as i64);
             row.rtp_in_lost = Some(stats.lost as i64);
-            row.rtp_in_max_jitter_us = Some((stats.max_jitter_ms * 1000.0).round() as i64);
+            // Frames on a stream carry no send time: no jitter to report.
+            row.rtp_in_max_jitter_us = (self.edge == MediaEdge::Rtp).then(|| (stats.max_jitter_ms * 1000.0).round() as i64);
             row.rtp_out_packets = Some(self.sender.as_ref().map_or(0, RtpSender::packets_sent) as i64);
             let codec = if self.negotiated.is_some_and(|n| n.opus) {
                 quality::OPUS

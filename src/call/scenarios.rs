@@ -454,6 +454,9 @@ fn a_frames_edge_runs_the_same_call_without_rtp() {
     h.run_for(SEC);
     let want: Vec<u8> = spoken.iter().map(|&s| g711::ulaw_encode(s)).collect();
     assert!(h.agent_received.windows(want.len()).any(|w| w == want.as_slice()));
+    // Two frames lost on the way: Twilio's frame numbers show the gap.
+    h.skip_rtp(2);
+    h.run_for(100 * MS);
     let transfer = AgentEvent::Transfer {
         tool_call_id: "t1".into(),
         destination: "sip:desk@example.com".into(),
@@ -473,8 +476,15 @@ fn a_frames_edge_runs_the_same_call_without_rtp() {
     h.run_for(3 * SEC);
     assert_eq!(h.ended(), Some(&EndReason::AgentEnded));
     let row = h.last_row();
-    assert_eq!((row.end_reason.as_deref(), row.rtp_in_packets), (Some("agent_end_call"), None));
+    assert_eq!(row.end_reason.as_deref(), Some("agent_end_call"));
     assert!(row.bridged_at.is_some());
+    // Issue 17 #5: frames in and out, and losses, counted like RTP packets.
+    let (_, f) = h.finished.as_ref().unwrap();
+    assert_eq!(row.rtp_in_packets, Some(f.stats.packets as i64));
+    assert!(row.rtp_in_packets.unwrap() > 100, "{row:?}");
+    assert_eq!(row.rtp_in_lost, Some(2), "{row:?}");
+    assert!(row.rtp_out_packets.unwrap() > 100 && row.rtp_in_mos_x100.is_some(), "{row:?}");
+    assert_eq!(row.rtp_in_max_jitter_us, None, "no send times on a stream");
 }
 
 /// Issue 16: no delay added to the caller's audio. On fake time every caller

@@ -234,8 +234,10 @@ async fn bridge(socket: &mut WebSocket, state: &TwilioState, call: &TwilioCall, 
                     Some(Ok(_)) => continue,
                 };
                 match Frame::parse(&text) {
-                    Frame::Media(payload) => {
-                        seq = seq.wrapping_add(1);
+                    Frame::Media(payload, chunk) => {
+                        // Twilio numbers its frames (`media.chunk`): gaps are
+                        // losses. Without a number, arrival order.
+                        seq = chunk.map_or(seq.wrapping_add(1), |c| c as u16);
                         m.handle(now, Input::Frame { seq, payload: &payload });
                     }
                     Frame::Dtmf(digit) => m.handle(now, Input::Digit(digit)),
@@ -296,7 +298,8 @@ pub const MAX_MEDIA_PAYLOAD: usize = 4096;
 /// "digit" must be one keypad character before it reaches the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Media(Vec<u8>),
+    /// The payload, and Twilio's frame number (`media.chunk`) when it sent one.
+    Media(Vec<u8>, Option<u32>),
     Dtmf(char),
     Mark,
     Stop,
@@ -314,7 +317,8 @@ impl Frame {
                 if b64.len() > MAX_MEDIA_PAYLOAD * 4 / 3 + 4 {
                     return Frame::Other;
                 }
-                B64.decode(b64).map_or(Frame::Other, Frame::Media)
+                let chunk = msg["media"]["chunk"].as_str().and_then(|c| c.parse::<u32>().ok());
+                B64.decode(b64).map_or(Frame::Other, |p| Frame::Media(p, chunk))
             }
             Some("dtmf") => {
                 let digit = msg["dtmf"]["digit"].as_str().unwrap_or_default();
@@ -339,7 +343,7 @@ mod frame_tests {
     fn frames_are_parsed_and_bounded() {
         assert_eq!(
             Frame::parse(r#"{"event":"media","media":{"payload":"AAEC"}}"#),
-            Frame::Media(vec![0, 1, 2])
+            Frame::Media(vec![0, 1, 2], None)
         );
         assert_eq!(Frame::parse(r#"{"event":"dtmf","dtmf":{"digit":"7"}}"#), Frame::Dtmf('7'));
         assert_eq!(

@@ -280,6 +280,10 @@ async fn a_twilio_call_greets_then_streams_the_agent_in_its_voice_and_ends_clean
     assert_eq!(row.end_reason.as_deref(), Some("agent_end_call"), "{row:?}");
     assert!(row.conversation_id.is_some() && row.bridged_at.is_some(), "{row:?}");
     assert_eq!(row.clone_outcome.as_deref(), Some("unmapped"));
+    // Media counts for a Twilio call too (issue 17 #5): the frames sent both ways.
+    assert!(row.rtp_in_packets.is_some_and(|n| n > 0), "{row:?}");
+    assert_eq!(row.rtp_in_lost, Some(0), "{row:?}");
+    assert!(row.rtp_out_packets.is_some_and(|n| n > 0), "{row:?}");
     // Twilio's final status callback for a finished call is answered and ignored.
     let r = env
         .twilio_post("/webhooks/status-callback", &[("CallSid", call[0].1), ("CallStatus", "completed")])

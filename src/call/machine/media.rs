@@ -22,6 +22,9 @@ pub(super) struct Burst {
     pub(super) next: usize,
 }
 
+/// The largest gap in a stream's frame numbers counted as lost frames (2 s).
+const MAX_FRAME_GAP: u16 = 100;
+
 impl Burst {
     pub(super) fn new() -> Self {
         Burst {
@@ -158,6 +161,20 @@ impl CallMachine {
     /// the call's timers, and audio for the agent.
     pub(super) fn inbound_frame(&mut self, seq: u16, payload: &[u8], now: Instant) {
         self.call.on_rtp(now);
+        let s = &mut self.frames_in;
+        s.packets += 1;
+        s.bytes += payload.len() as u64;
+        let step = self.last_frame.map_or(1, |last| seq.wrapping_sub(last));
+        // A step beyond this is a restart of the numbering, not a loss.
+        if (1..=MAX_FRAME_GAP).contains(&step) {
+            s.expected += u64::from(step);
+            s.lost += u64::from(step - 1);
+            self.last_frame = Some(seq);
+        } else if step > MAX_FRAME_GAP && step < u16::MAX / 2 {
+            s.expected += 1;
+            s.resyncs += 1;
+            self.last_frame = Some(seq);
+        }
         if let Some(link) = self.agent.as_mut() {
             link.caller_packet(now, seq, payload);
             self.drain_agent();
