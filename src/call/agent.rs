@@ -143,6 +143,12 @@ impl AgentLink {
         if self.bridge.is_none() || self.closed.is_some() {
             return;
         }
+        let (forward, mut up) = self.upstream();
+        forward.push(now, seq, payload, |f| up.send(Some(f)));
+    }
+
+    /// The forwarder and the caller → agent half it feeds, borrowed apart.
+    fn upstream(&mut self) -> (&mut Forwarder, Upstream<'_>) {
         let up = Upstream {
             bridge: &mut self.bridge,
             chunk: &mut self.chunk,
@@ -151,8 +157,7 @@ impl AgentLink {
             dropped: &mut self.dropped_chunks,
             frames_up: &mut self.frames_up,
         };
-        let mut up = up;
-        self.forward.push(now, seq, payload, |f| up.send(Some(f)));
+        (&mut self.forward, up)
     }
 
     /// When an open sequence gap stops holding caller audio back.
@@ -252,15 +257,8 @@ impl AgentLink {
             return;
         }
         let since = *self.upstream_since.get_or_insert(now);
-        let mut up = Upstream {
-            bridge: &mut self.bridge,
-            chunk: &mut self.chunk,
-            encoded: &mut self.encoded,
-            outbox: &mut self.outbox,
-            dropped: &mut self.dropped_chunks,
-            frames_up: &mut self.frames_up,
-        };
-        self.forward.handle_timeout(now, |f| up.send(Some(f)));
+        let (forward, mut up) = self.upstream();
+        forward.handle_timeout(now, |f| up.send(Some(f)));
         let elapsed = (now.saturating_duration_since(since).as_millis() / FRAME.as_millis()) as u64;
         while *up.frames_up + SILENCE_SLACK < elapsed {
             up.send(None);

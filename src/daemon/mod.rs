@@ -38,6 +38,8 @@ mod admit;
 mod ports;
 mod registrations;
 
+pub use registrations::RegistrationStatus;
+
 use ports::PortPool;
 
 /// The greeting built into the binary, used when `greeting.file` is empty.
@@ -90,37 +92,6 @@ pub struct Stats {
     pub epoch: std::sync::OnceLock<Instant>,
     /// Trunk registrations, updated on changes.
     pub registrations: std::sync::Mutex<Vec<RegistrationStatus>>,
-}
-
-/// One trunk registration as `/health` reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RegistrationStatus {
-    pub aor: String,
-    pub state: RegState,
-    /// When `state` was entered.
-    pub since: Instant,
-    /// Why the last failed attempt failed (kept after a later success).
-    pub last_error: Option<String>,
-}
-
-impl RegistrationStatus {
-    /// The stable JSON shape documented in docs/API.md: `state` is one word,
-    /// `expires_in` the seconds left of a granted registration.
-    pub fn to_json(&self, now: Instant) -> serde_json::Value {
-        let expires_in = match self.state {
-            RegState::Registered { expires } => {
-                Some(u64::from(expires).saturating_sub(now.saturating_duration_since(self.since).as_secs()))
-            }
-            _ => None,
-        };
-        serde_json::json!({
-            "aor": self.aor,
-            "registered": self.state.is_registered(),
-            "state": self.state.name(),
-            "expires_in": expires_in,
-            "last_error": self.last_error,
-        })
-    }
 }
 
 impl Stats {

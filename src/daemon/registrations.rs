@@ -101,3 +101,34 @@ impl SipTask {
         }
     }
 }
+
+/// One trunk registration as `/health` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationStatus {
+    pub aor: String,
+    pub state: RegState,
+    /// When `state` was entered.
+    pub since: Instant,
+    /// Why the last failed attempt failed (kept after a later success).
+    pub last_error: Option<String>,
+}
+
+impl RegistrationStatus {
+    /// The stable JSON shape documented in docs/API.md: `state` is one word,
+    /// `expires_in` the seconds left of a granted registration.
+    pub fn to_json(&self, now: Instant) -> serde_json::Value {
+        let expires_in = match self.state {
+            RegState::Registered { expires } => {
+                Some(u64::from(expires).saturating_sub(now.saturating_duration_since(self.since).as_secs()))
+            }
+            _ => None,
+        };
+        serde_json::json!({
+            "aor": self.aor,
+            "registered": self.state.is_registered(),
+            "state": self.state.name(),
+            "expires_in": expires_in,
+            "last_error": self.last_error,
+        })
+    }
+}
