@@ -232,9 +232,9 @@ pub fn report(protocol: &'static str, external: &str, f: &Finished) {
     let duration_ms = f.row.ended_at.map(|e| (e - f.row.started_at).max(0) as u64);
     tracing::info!(
         call = %f.row.call_id,
-        protocol,
-        external,
-        caller = f.row.caller.as_deref().unwrap_or("anonymous"),
+        %protocol,
+        %external,
+        caller = %f.row.caller.as_deref().unwrap_or("anonymous"),
         reason = %f.reason,
         duration_ms,
         media_started_ms = f.media_started_ms,
