@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut chunk = Vec::new();
     for line in text.lines() {
         match Frame::parse(line) {
-            Frame::Media(payload) => {
+            Frame::Media(payload, _chunk) => {
                 assert!(payload.len() <= MAX_MEDIA_PAYLOAD + 3);
                 chunk.clear();
                 bridge.caller_frame(Some(&payload), &mut chunk);
