@@ -358,6 +358,11 @@ fn reload(file: &Option<PathBuf>, handle: &server::ServerHandle, log: &LogReload
                 }
                 Err(e) => tracing::error!(error = %e, "reload: keeping the current greeting"),
             }
+            match handle.reload_tls() {
+                Ok(true) => tracing::info!("TLS certificate reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "reload: keeping the current TLS certificate"),
+            }
             match EnvFilter::try_new(&settings.raw.log.level) {
                 Ok(f) => {
                     if log.reload(f).is_ok() {

@@ -41,6 +41,42 @@ fn cidrs(key: &'static str, list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError
         .collect()
 }
 
+/// `sip.tls_listen` and its certificate files.
+fn tls_listen(sip: &sections::SipSection) -> Result<Option<TlsListen>, ConfigError> {
+    if sip.tls_listen.is_empty() {
+        return Ok(None);
+    }
+    let listen: SocketAddr = sip
+        .tls_listen
+        .parse()
+        .map_err(|_| invalid("sip.tls_listen", format!("{:?} is not IP:port", sip.tls_listen)))?;
+    let file = |key: &'static str, path: &str, required: bool| -> Result<Option<PathBuf>, ConfigError> {
+        if path.is_empty() {
+            return if required {
+                Err(invalid(key, "is required when sip.tls_listen is set"))
+            } else {
+                Ok(None)
+            };
+        }
+        let p = PathBuf::from(path);
+        if !p.is_file() {
+            return Err(invalid(key, format!("file {path} does not exist")));
+        }
+        Ok(Some(p))
+    };
+    let cert = file("sip.tls_cert_file", &sip.tls_cert_file, true)?.unwrap_or_default();
+    let key = file("sip.tls_key_file", &sip.tls_key_file, true)?.unwrap_or_default();
+    let client_ca = file("sip.tls_client_ca_file", &sip.tls_client_ca_file, false)?;
+    if !(1..=120).contains(&sip.tls_handshake_timeout_seconds) {
+        return Err(invalid("sip.tls_handshake_timeout_seconds", "must be between 1 and 120"));
+    }
+    Ok(Some(TlsListen {
+        listen,
+        files: crate::sip::tls::ServerFiles { cert, key, client_ca },
+        handshake_timeout: std::time::Duration::from_secs(sip.tls_handshake_timeout_seconds),
+    }))
+}
+
 fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, why: why.into() }
 }
@@ -74,6 +110,19 @@ pub struct Settings {
     pub registrations: Vec<Registration>,
     /// Inbound digest authentication, when `sip.auth_realm` is set.
     pub sip_auth: Option<crate::sip::auth::AuthConfig>,
+    /// The TLS listener, when `sip.tls_listen` is set.
+    pub sip_tls: Option<TlsListen>,
+    /// `rtp.srtp`.
+    pub srtp: crate::media::srtp::Policy,
+}
+
+/// `sip.tls_*`, validated: the files exist when the settings load; their
+/// contents are read by [`crate::sip::tls`] (at start and on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    pub files: crate::sip::tls::ServerFiles,
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// A validated registration: the host to resolve and the credentials.
@@ -86,7 +135,9 @@ pub struct Registration {
     pub username: String,
     pub password: String,
     pub expires: u32,
-    pub tcp: bool,
+    pub transport: crate::sip::register::RegTransport,
+    /// The registrar's host name: the TLS server name (SNI, certificate check).
+    pub host: String,
 }
 
 impl Settings {
@@ -333,6 +384,13 @@ impl Settings {
                 .map_err(|_| invalid("http.listen", format!("{:?} is not IP:port", raw.http.listen)))?;
             Some(addr)
         };
+        let sip_tls = tls_listen(&raw.sip)?;
+        let srtp = match raw.rtp.srtp.to_ascii_lowercase().as_str() {
+            "off" => crate::media::srtp::Policy::Off,
+            "optional" | "" => crate::media::srtp::Policy::Optional,
+            "required" => crate::media::srtp::Policy::Required,
+            other => return Err(invalid("rtp.srtp", format!("{other:?} is not off, optional or required"))),
+        };
         let http_allow = cidrs("http.allow_cidrs", &raw.http.allow_cidrs)?;
         let sip_allow = cidrs("sip.allow_cidrs", &raw.sip.allow_cidrs)?;
         let sip_trusted = cidrs("sip.trusted_cidrs", &raw.sip.trusted_cidrs)?;
@@ -371,6 +429,17 @@ impl Settings {
             if r.username.is_empty() || password.is_empty() || r.expires == 0 {
                 return Err(bad("username, a password (or password_env) and expires > 0 are required".into()));
             }
+            let transport = match r.transport.to_ascii_lowercase().as_str() {
+                "udp" | "" => crate::sip::register::RegTransport::Udp,
+                "tcp" => crate::sip::register::RegTransport::Tcp,
+                "tls" => crate::sip::register::RegTransport::Tls,
+                other => return Err(bad(format!("transport {other:?} is not udp, tcp or tls"))),
+            };
+            let default_port = if transport == crate::sip::register::RegTransport::Tls {
+                5061
+            } else {
+                5060
+            };
             let target = if r.outbound_proxy.is_empty() {
                 host.to_owned()
             } else {
@@ -379,15 +448,15 @@ impl Settings {
             let target = if target.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
                 target
             } else {
-                format!("{target}:5060")
+                format!("{target}:{default_port}")
             };
-            let tcp = match r.transport.to_ascii_lowercase().as_str() {
-                "udp" | "" => false,
-                "tcp" => true,
-                other => return Err(bad(format!("transport {other:?} is neither udp nor tcp"))),
-            };
+            let host_only = host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+                .map_or(host, |(h, _)| h);
             registrations.push(Registration {
-                tcp,
+                transport,
+                host: host_only.to_owned(),
                 registrar: r.registrar.clone(),
                 target,
                 aor: r.aor.clone(),
@@ -458,6 +527,8 @@ impl Settings {
             ));
         }
         Ok(Settings {
+            sip_tls,
+            srtp,
             sip_auth,
             registrations,
             http_listen,

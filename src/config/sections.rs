@@ -49,6 +49,20 @@ pub struct SipSection {
     pub auth_users: Vec<AuthUserSection>,
     /// How long a challenge's nonce stays fresh (older: `stale=true`).
     pub auth_nonce_seconds: u64,
+    /// SIP over TLS listen address (conventionally port 5061); empty = no TLS.
+    pub tls_listen: String,
+    /// PEM certificate chain (leaf first) for the TLS listener; re-read on SIGHUP.
+    pub tls_cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listener; re-read on SIGHUP.
+    pub tls_key_file: String,
+    /// PEM CA bundle: when set, TLS clients must present a certificate it signs
+    /// (mutual TLS with a trunk).
+    pub tls_client_ca_file: String,
+    /// PEM CA bundle that outbound TLS (registrations) trusts instead of the
+    /// bundled Mozilla roots.
+    pub tls_ca_file: String,
+    /// A TLS handshake must finish within this many seconds.
+    pub tls_handshake_timeout_seconds: u64,
 }
 
 /// One `[[sip.auth_users]]` entry.
@@ -77,7 +91,7 @@ pub struct RegistrationSection {
     pub expires: u32,
     /// Send REGISTERs here (`host[:port]`) instead of to the registrar's host.
     pub outbound_proxy: String,
-    /// `udp` or `tcp`.
+    /// `udp`, `tcp` or `tls`.
     pub transport: String,
 }
 
@@ -119,6 +133,12 @@ impl Default for SipSection {
             auth_realm: String::new(),
             auth_users: Vec::new(),
             auth_nonce_seconds: 300,
+            tls_listen: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_handshake_timeout_seconds: 10,
         }
     }
 }
@@ -137,6 +157,12 @@ pub struct RtpSection {
     /// Accept RTP only from the address the SDP names (no symmetric-RTP
     /// learning): for trunks and SBCs whose SDP is always right.
     pub strict_source: bool,
+    /// SRTP policy: `off` (plain RTP only), `optional` (SRTP when offered,
+    /// plain RTP otherwise) or `required` (plain-RTP offers get 488).
+    pub srtp: String,
+    /// Accept SDES keys (`a=crypto`) that arrived over UDP or TCP, where anyone
+    /// on the path can read them. Off: such offers are refused with a reason.
+    pub srtp_allow_insecure_sdes: bool,
 }
 
 impl Default for RtpSection {
@@ -147,6 +173,8 @@ impl Default for RtpSection {
             timeout_seconds: 60,
             hold_timeout_seconds: 300,
             strict_source: false,
+            srtp: "optional".into(),
+            srtp_allow_insecure_sdes: false,
         }
     }
 }

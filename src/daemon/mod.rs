@@ -28,6 +28,7 @@ use crate::sip::endpoint::{CallKey, Endpoint, Output, ReferProgress, Refusal, Si
 use crate::sip::guard::{Guard, SetupRate, Verdict};
 use crate::sip::message::{Rejection, Request};
 use crate::sip::register::{RegState, Registration, RegistrationConfig};
+use crate::sip::tls::ServerTls;
 
 use crate::sip::transport::{self, Inbound};
 use crate::sip::{Flow, Transport};
@@ -54,6 +55,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    #[error("cannot start the SIP TLS listener: {0}")]
+    Tls(crate::sip::tls::TlsError),
 }
 
 pub use crate::call::admission::Prompts;
@@ -129,6 +132,9 @@ pub enum SipExit {
 /// A running daemon.
 pub struct ServerHandle {
     pub sip_addr: SocketAddr,
+    /// The TLS listener's address, when `sip.tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
+    tls: Option<Arc<ServerTls>>,
     pub stats: Arc<Stats>,
     prompts: Arc<RwLock<Prompts>>,
     shutdown: watch::Sender<bool>,
@@ -141,6 +147,16 @@ impl ServerHandle {
     /// (SIGHUP); live calls keep what they are playing.
     pub fn reload_prompts(&self, prompts: Prompts) {
         *self.prompts.write().unwrap_or_else(|p| p.into_inner()) = prompts;
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP after a renewal): new
+    /// handshakes use them, live connections and calls keep theirs. `Ok(false)`
+    /// when there is no TLS listener.
+    pub fn reload_tls(&self) -> Result<bool, crate::sip::tls::TlsError> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Starts draining: new calls get 503, live calls get `drain_seconds`, then BYE.
@@ -194,14 +210,51 @@ pub async fn start(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel(4096);
     let tcp_limits = settings.tcp_limits();
-    tokio::spawn(transport::accept_loop(tcp, inbound_tx.clone(), tcp_limits, shutdown_rx.clone()));
+    tokio::spawn(transport::accept_loop(
+        tcp,
+        inbound_tx.clone(),
+        tcp_limits,
+        shutdown_rx.clone(),
+        None,
+    ));
+    let (tls_addr, tls) = match &settings.sip_tls {
+        None => (None, None),
+        Some(t) => {
+            let server = Arc::new(ServerTls::load(t.files.clone()).map_err(ServerError::Tls)?);
+            let listener = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .map_err(|error| ServerError::Bind { addr: t.listen, error })?;
+            let bound = listener.local_addr().map_err(|error| ServerError::Bind { addr: t.listen, error })?;
+            let accept = transport::TlsAccept {
+                server: server.clone(),
+                handshake_timeout: t.handshake_timeout,
+            };
+            tokio::spawn(transport::accept_loop(
+                listener,
+                inbound_tx.clone(),
+                tcp_limits,
+                shutdown_rx.clone(),
+                Some(accept),
+            ));
+            tracing::info!(tls_addr = %bound, "listening for SIP over TLS");
+            (Some(bound), Some(server))
+        }
+    };
     let stats = Arc::new(Stats::default());
     let endpoint = Endpoint::new(settings.endpoint_config());
     let (cmd_tx, cmd_rx) = mpsc::channel(8192);
     let prompts = Arc::new(RwLock::new(prompts));
     let guard = Guard::new(settings.guard_config());
     let mut registrations = Vec::new();
+    let mut reg_tls = Vec::new();
     for r in &settings.registrations {
+        let tls = match registration_tls(&settings, r) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(aor = %r.aor, error = %e, "cannot set up TLS for this registration; it is skipped");
+                continue;
+            }
+        };
         let target = match tokio::net::lookup_host(r.target.as_str())
             .await
             .ok()
@@ -232,15 +285,17 @@ pub async fn start(
             username: r.username.clone(),
             password: r.password.clone(),
             expires: r.expires,
-            tcp: r.tcp,
+            transport: r.transport,
         };
         tracing::info!(aor = %r.aor, registrar = %r.registrar, %target, "registering to the trunk");
         registrations.push(Registration::new(cfg, local, Instant::now()));
+        reg_tls.push(tls);
     }
     let task = SipTask {
         inbound_tx: inbound_tx.clone(),
         reg_conns: HashMap::new(),
         registrations,
+        reg_tls,
         guard,
         setup_rate: SetupRate::new(
             Instant::now(),
@@ -284,12 +339,32 @@ pub async fn start(
     tracing::info!(%sip_addr, "listening for SIP on UDP and TCP");
     Ok(ServerHandle {
         sip_addr,
+        tls_addr,
+        tls,
         stats,
         prompts,
         shutdown,
         task,
         exit,
     })
+}
+
+/// The TLS client side of a `transport = "tls"` registration: `sip.tls_ca_file`'s
+/// CAs (or the Mozilla roots) and the registrar's host name for SNI.
+fn registration_tls(
+    settings: &Settings,
+    r: &crate::config::Registration,
+) -> Result<Option<transport::TlsConnect>, crate::sip::tls::TlsError> {
+    if r.transport != crate::sip::register::RegTransport::Tls {
+        return Ok(None);
+    }
+    let ca = Some(settings.raw.sip.tls_ca_file.as_str())
+        .filter(|p| !p.is_empty())
+        .map(std::path::Path::new);
+    Ok(Some(transport::TlsConnect {
+        config: crate::sip::tls::client_config(ca)?,
+        name: crate::sip::tls::server_name(&r.host)?,
+    }))
 }
 
 /// The revision of the record written for a call whose task panicked: above
@@ -309,6 +384,8 @@ struct SipTask {
     inbound_tx: mpsc::Sender<Inbound>,
     /// Registration index → its TCP connection id.
     reg_conns: HashMap<usize, u64>,
+    /// Registration index → its TLS client side (for `transport = "tls"`).
+    reg_tls: Vec<Option<transport::TlsConnect>>,
     registrations: Vec<Registration>,
     guard: Guard,
     /// The node-wide set-up rate (`limits.max_setup_rate`), for every source.
@@ -492,7 +569,7 @@ impl SipTask {
                     tracing::debug!(peer = %flow.remote, error = %e, "UDP send failed");
                 }
             }
-            Transport::Tcp(id) => match self.tcp_writers.get(&id) {
+            Transport::Tcp(id) | Transport::Tls(id) => match self.tcp_writers.get(&id) {
                 Some(w) => {
                     if w.try_send(Bytes::from(data)).is_err() {
                         tracing::warn!(peer = %flow.remote, "TCP connection backlogged or closed; message dropped");

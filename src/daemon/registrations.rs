@@ -22,12 +22,12 @@ impl SipTask {
         self.publish_registrations();
     }
 
-    /// UDP from the SIP socket, or TCP over the registration's own connection
+    /// UDP from the SIP socket, or TCP/TLS over the registration's own connection
     /// (opened, or reopened, on demand).
     pub(super) async fn send_registration(&mut self, i: usize, bytes: Vec<u8>) {
         let Some(r) = self.registrations.get(i) else { return };
         let target = r.target();
-        if !r.tcp() {
+        if !r.stream() {
             let _ = self.udp.send_to(&bytes, target).await;
             return;
         }
@@ -37,8 +37,9 @@ impl SipTask {
         {
             return;
         }
+        let tls = self.reg_tls.get(i).cloned().flatten();
         self.reg_conns.remove(&i);
-        transport::connect_outbound(target, i, bytes, self.inbound_tx.clone());
+        transport::connect_outbound(target, i, bytes, self.inbound_tx.clone(), tls);
     }
 
     pub(super) async fn registration_response(&mut self, now: Instant, resp: &crate::sip::message::Response) {

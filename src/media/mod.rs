@@ -14,4 +14,5 @@ pub mod receiver;
 pub mod resample;
 pub mod rtp;
 pub mod session;
+pub mod srtp;
 pub mod wire;

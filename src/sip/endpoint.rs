@@ -226,6 +226,8 @@ struct Dialog {
     local_sdp: Option<Vec<u8>>,
     /// Refresh with re-INVITE: the caller does not allow UPDATE.
     refresh_with_invite: bool,
+    /// The INVITE's Request-URI was `sips:` (so was its path): our Contact is too.
+    sips: bool,
 }
 
 /// The sans-IO UAS. See the module docs.
@@ -375,6 +377,12 @@ impl Endpoint {
                 self.outputs.push_back(Output::Transmit(Transmit { flow, data: resp }));
             }
             return;
+        }
+        // RFC 5630 §3.1.3 / RFC 3261 §26.2.2: a `sips:` Request-URI asks for TLS
+        // on every hop; served over UDP or TCP it would silently downgrade.
+        if req.method != "ACK" && req.uri.scheme == crate::sip::uri::Scheme::Sips && !flow.transport.is_secure() {
+            let r = Rejection::new(416, "Unsupported URI Scheme: a sips: Request-URI must be sent over TLS");
+            return self.refuse(now, flow, req, key, r);
         }
         // §8.2.2.3: Require options we do not support (never for ACK or CANCEL).
         if req.method != "ACK" && req.method != "CANCEL" {

@@ -11,6 +11,7 @@ pub mod message;
 pub mod register;
 pub mod sdp;
 pub mod syntax;
+pub mod tls;
 pub mod tokens;
 pub mod transport;
 pub mod uri;
@@ -23,11 +24,27 @@ pub enum Transport {
     Udp,
     /// A TCP connection, by the id the transport layer gave it.
     Tcp(u64),
+    /// A TLS connection (RFC 3261 §26.2): ids share TCP's space.
+    Tls(u64),
 }
 
 impl Transport {
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp(_))
+        self.connection().is_some()
+    }
+
+    /// Whether what crosses this transport is encrypted: the only transport a
+    /// `sips:` request or an SDES key may arrive on.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// The connection id of a stream transport.
+    pub fn connection(self) -> Option<u64> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp(id) | Transport::Tls(id) => Some(id),
+        }
     }
 
     /// The token used in `Via` and `;transport=` parameters.
@@ -35,6 +52,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp(_) => "TCP",
+            Transport::Tls(_) => "TLS",
         }
     }
 }

@@ -27,8 +27,35 @@ pub struct RegistrationConfig {
     pub username: String,
     pub password: String,
     pub expires: u32,
-    /// REGISTER over TCP (a connection precall opens) instead of UDP.
-    pub tcp: bool,
+    /// UDP, or a TCP or TLS connection precall opens.
+    pub transport: RegTransport,
+}
+
+/// How REGISTERs travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegTransport {
+    Udp,
+    Tcp,
+    /// TLS to the registrar, its certificate checked against this host name.
+    Tls,
+}
+
+impl RegTransport {
+    fn via_token(self) -> &'static str {
+        match self {
+            RegTransport::Udp => "UDP",
+            RegTransport::Tcp => "TCP",
+            RegTransport::Tls => "TLS",
+        }
+    }
+
+    fn contact_param(self) -> &'static str {
+        match self {
+            RegTransport::Udp => "",
+            RegTransport::Tcp => ";transport=tcp",
+            RegTransport::Tls => ";transport=tls",
+        }
+    }
 }
 
 /// Where a registration stands (for logs, `/health` and metrics).
@@ -257,7 +284,7 @@ impl Registration {
         let branch = format!("z9hG4bK{}", self.tokens.token(16));
         let contact = self.contact();
         let mut w = MessageWriter::request("REGISTER", &self.cfg.registrar);
-        let token = if self.cfg.tcp { "TCP" } else { "UDP" };
+        let token = self.cfg.transport.via_token();
         w.header("Via", format!("SIP/2.0/{token} {};branch={branch};rport", self.local));
         w.header("Max-Forwards", 70);
         w.header("From", format!("<{}>;tag={}", self.cfg.aor, self.from_tag));
@@ -283,7 +310,7 @@ impl Registration {
         w.header("User-Agent", concat!("precall/", env!("CARGO_PKG_VERSION")));
         let bytes = w.finish(None, &[]);
         // Over TCP nothing is retransmitted (§17.1.1.2): only the 64·T1 deadline applies.
-        let first_retransmit = if self.cfg.tcp { now + 64 * T1 } else { now + T1 };
+        let first_retransmit = if self.stream() { now + 64 * T1 } else { now + T1 };
         self.in_flight = Some((branch, bytes.clone(), first_retransmit, T1, now + 64 * T1));
         bytes
     }
@@ -296,13 +323,17 @@ impl Registration {
             .and_then(|r| r.split('@').next())
             .filter(|u| !u.is_empty())
             .unwrap_or("precall");
-        let transport = if self.cfg.tcp { ";transport=tcp" } else { "" };
+        let transport = self.cfg.transport.contact_param();
         format!("sip:{user}@{}{transport}", self.local)
     }
 
-    /// REGISTERs go over TCP.
-    pub fn tcp(&self) -> bool {
-        self.cfg.tcp
+    /// REGISTERs go over a connection (TCP or TLS), not UDP.
+    pub fn stream(&self) -> bool {
+        self.cfg.transport != RegTransport::Udp
+    }
+
+    pub fn transport(&self) -> RegTransport {
+        self.cfg.transport
     }
 }
 
@@ -330,7 +361,7 @@ mod tests {
             username: "1000".into(),
             password: "secret".into(),
             expires: 600,
-            tcp: false,
+            transport: RegTransport::Udp,
         }
     }
 

@@ -1,7 +1,9 @@
-//! The SIP transport edge: one UDP socket and a TCP listener on the same address.
-//! TCP connections are read by their own tasks, framed by Content-Length
-//! (RFC 3261 §18.3) and handed to the SIP task as whole messages; writes go back
-//! through a per-connection bounded queue.
+//! The SIP transport edge: one UDP socket and a TCP listener on the same address,
+//! and optionally a TLS listener. Stream connections (TCP or TLS) are read by
+//! their own tasks, framed by Content-Length (RFC 3261 §18.3) and handed to the
+//! SIP task as whole messages; writes go back through a per-connection bounded
+//! queue. A TLS handshake runs in the connection's task under a deadline, so a
+//! slow or silent client holds one admitted slot and nothing else.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,12 +13,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::message::{Framer, MAX_MESSAGE_LEN};
+use super::tls::ServerTls;
 use super::{Flow, Transport};
+
+/// Outbound TLS: the client configuration and the name the peer's
+/// certificate must carry (also sent as SNI).
+#[derive(Clone)]
+pub struct TlsConnect {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Inbound TLS: the listener's (reloadable) certificate and the deadline for
+/// a handshake to finish.
+#[derive(Clone)]
+pub struct TlsAccept {
+    pub server: Arc<ServerTls>,
+    pub handshake_timeout: Duration,
+}
 
 /// What the transport hands the SIP task.
 #[derive(Debug)]
@@ -50,7 +69,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Opens a TCP connection to `target` for `owner` in the background, sends
 /// `first` on it, and reports it like an accepted one (`TcpOpened`, then
 /// `Connected`, messages, `TcpClosed`), so responses flow back on it.
-pub fn connect_outbound(target: SocketAddr, owner: usize, first: Bytes, inbound: mpsc::Sender<Inbound>) {
+pub fn connect_outbound(target: SocketAddr, owner: usize, first: Bytes, inbound: mpsc::Sender<Inbound>, tls: Option<TlsConnect>) {
     tokio::spawn(async move {
         let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
@@ -72,27 +91,60 @@ pub fn connect_outbound(target: SocketAddr, owner: usize, first: Bytes, inbound:
         let Ok(local) = stream.local_addr() else { return };
         let _ = stream.set_nodelay(true);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let (writer, queue) = mpsc::channel(256);
-        let _ = writer.send(first).await;
-        if inbound.send(Inbound::TcpOpened { id, writer }).await.is_err() {
-            return;
-        }
-        let _ = inbound.send(Inbound::Connected { owner, id }).await;
-        let flow = Flow {
-            transport: Transport::Tcp(id),
-            remote: target,
-            local,
-        };
         let live = Liveness {
             table: None,
             close: Arc::new(Notify::new()),
             limits: TcpLimits::default(),
         };
-        if let Err(e) = connection(stream, flow, inbound.clone(), queue, live).await {
-            tracing::debug!(peer = %target, error = %e, "outbound TCP connection ended");
-        }
-        let _ = inbound.send(Inbound::TcpClosed { id }).await;
+        let Some(tls) = tls else {
+            let flow = Flow {
+                transport: Transport::Tcp(id),
+                remote: target,
+                local,
+            };
+            return outbound_session(stream, flow, owner, first, inbound, live).await;
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config);
+        let handshake = tokio::time::timeout(Duration::from_secs(10), connector.connect(tls.name, stream)).await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let error = format!("TLS handshake failed: {e}");
+                let _ = inbound.send(Inbound::ConnectFailed { owner, error }).await;
+                return;
+            }
+            Err(_) => {
+                let error = "TLS handshake timed out".to_owned();
+                let _ = inbound.send(Inbound::ConnectFailed { owner, error }).await;
+                return;
+            }
+        };
+        let flow = Flow {
+            transport: Transport::Tls(id),
+            remote: target,
+            local,
+        };
+        outbound_session(stream, flow, owner, first, inbound, live).await;
     });
+}
+
+/// Runs an outbound connection once it is up: `first` goes out, and the
+/// connection is reported like an accepted one.
+async fn outbound_session<S>(stream: S, flow: Flow, owner: usize, first: Bytes, inbound: mpsc::Sender<Inbound>, live: Liveness)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let Some(id) = flow.transport.connection() else { return };
+    let (writer, queue) = mpsc::channel(256);
+    let _ = writer.send(first).await;
+    if inbound.send(Inbound::TcpOpened { id, writer }).await.is_err() {
+        return;
+    }
+    let _ = inbound.send(Inbound::Connected { owner, id }).await;
+    if let Err(e) = connection(stream, flow, inbound.clone(), queue, live).await {
+        tracing::debug!(peer = %flow.remote, error = %e, "outbound connection ended");
+    }
+    let _ = inbound.send(Inbound::TcpClosed { id }).await;
 }
 
 /// Binds UDP and TCP on `listen`. With port 0 the OS picks a UDP port and TCP
@@ -229,9 +281,20 @@ fn lock(t: &SharedTable) -> std::sync::MutexGuard<'_, ConnTable> {
 /// and [`MAX_CONNECTIONS_PER_SOURCE`] from one address. A failing `accept`
 /// (out of file descriptors) backs off exponentially up to a second instead of
 /// spinning, and is logged at most once per backoff cycle.
-pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, limits: TcpLimits, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    inbound: mpsc::Sender<Inbound>,
+    limits: TcpLimits,
+    mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAccept>,
+) {
     let table: SharedTable = Arc::default();
-    let mut backoff = crate::accept::AcceptBackoff::new("sip-tcp", "precall_sip_tcp_accept_errors_total");
+    let (name, errors) = if tls.is_some() {
+        ("sip-tls", "precall_sip_tls_accept_errors_total")
+    } else {
+        ("sip-tcp", "precall_sip_tcp_accept_errors_total")
+    };
+    let mut backoff = crate::accept::AcceptBackoff::new(name, errors);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -268,23 +331,71 @@ pub async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, 
         }
         let table = table.clone();
         let inbound = inbound.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let flow = Flow {
-                transport: Transport::Tcp(id),
-                remote,
-                local,
-            };
             let watch = Liveness {
                 table: Some((table.clone(), id)),
                 close,
                 limits,
             };
-            if let Err(e) = connection(stream, flow, inbound.clone(), queue, watch).await {
-                tracing::debug!(peer = %remote, error = %e, "TCP connection ended");
+            let ended = match tls {
+                None => {
+                    let flow = Flow {
+                        transport: Transport::Tcp(id),
+                        remote,
+                        local,
+                    };
+                    connection(stream, flow, inbound.clone(), queue, watch).await
+                }
+                Some(tls) => {
+                    let flow = Flow {
+                        transport: Transport::Tls(id),
+                        remote,
+                        local,
+                    };
+                    accept_tls(stream, flow, &tls, inbound.clone(), queue, watch).await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(peer = %remote, error = %e, "SIP connection ended");
             }
             lock(&table).remove(id);
             let _ = inbound.send(Inbound::TcpClosed { id }).await;
         });
+    }
+}
+
+/// The server side of a TLS connection: the handshake under its deadline (a
+/// client that sends nothing, or trickles, loses its slot when it expires, or
+/// sooner when the table needs room), then the same framing as TCP.
+async fn accept_tls(
+    stream: TcpStream,
+    flow: Flow,
+    tls: &TlsAccept,
+    inbound: mpsc::Sender<Inbound>,
+    queue: mpsc::Receiver<Bytes>,
+    live: Liveness,
+) -> io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.current());
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)) => r,
+        _ = live.close.notified() => return Ok(()),
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            metrics::counter!("precall_sip_tls_handshakes_total", "result" => "ok").increment(1);
+            connection(stream, flow, inbound, queue, live).await
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("precall_sip_tls_handshakes_total", "result" => "failed").increment(1);
+            tracing::info!(peer = %flow.remote, error = %e, "TLS handshake failed");
+            Ok(())
+        }
+        Err(_) => {
+            metrics::counter!("precall_sip_tls_handshakes_total", "result" => "timeout").increment(1);
+            tracing::info!(peer = %flow.remote, timeout_s = tls.handshake_timeout.as_secs(), "closing TLS connection: the handshake took too long");
+            Ok(())
+        }
     }
 }
 
@@ -295,14 +406,17 @@ struct Liveness {
     limits: TcpLimits,
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     flow: Flow,
     inbound: mpsc::Sender<Inbound>,
     mut queue: mpsc::Receiver<Bytes>,
     live: Liveness,
-) -> io::Result<()> {
-    let (mut reader, mut writer) = stream.into_split();
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(8192);
     let mut framer = Framer::default();
     let TcpLimits {
@@ -341,6 +455,7 @@ async fn connection(
                         buf.advance(4);
                         framer.consume();
                         writer.write_all(b"\r\n").await?;
+                        writer.flush().await?;
                         pinged = true;
                         continue;
                     }
@@ -390,7 +505,11 @@ async fn connection(
                 }
             }
             out = queue.recv() => match out {
-                Some(data) => writer.write_all(&data).await?,
+                Some(data) => {
+                    writer.write_all(&data).await?;
+                    // TLS buffers records; TCP's flush is a no-op.
+                    writer.flush().await?;
+                }
                 None => return Ok(()),
             },
         }

@@ -176,7 +176,7 @@ impl Endpoint {
                 .unwrap_or_else(|| d.flow.remote.to_string());
             format!("sip:{target}@{host}")
         };
-        let contact = self.contact(d.flow);
+        let contact = self.contact(d.flow, d.sips);
         let referred_by = NameAddr::parse("To", &d.local_party).map_or_else(|_| contact, |n| format!("<{}>", n.uri.as_str()));
         self.send_in_dialog(
             now,
@@ -203,13 +203,13 @@ impl Endpoint {
         let Some(d) = self.dialogs.get_mut(&call) else { return };
         d.local_cseq += 1;
         let branch = format!("z9hG4bK{}", self.tokens.token(16));
-        let flow = d.flow;
+        let (flow, sips) = (d.flow, d.sips);
         let mut w = dialog_request(d, self.config.public_addr, method, &branch, d.local_cseq);
         for (name, value) in extra {
             w.header(name, value);
         }
         if carries_contact(method) {
-            let contact = self.contact(flow);
+            let contact = self.contact(flow, sips);
             w.header("Contact", &contact);
         }
         w.header("User-Agent", &self.config.user_agent);
@@ -265,11 +265,15 @@ impl Endpoint {
             .map(|t| t.flow)
     }
 
-    pub(super) fn contact(&self, flow: Flow) -> String {
+    pub(super) fn contact(&self, flow: Flow, sips: bool) -> String {
         let addr = self.config.public_addr.unwrap_or(flow.local);
         match flow.transport {
             Transport::Udp => format!("<sip:precall@{addr}>"),
             Transport::Tcp(_) => format!("<sip:precall@{addr};transport=tcp>"),
+            // RFC 5630 §3.1.3: `sips:` only when the request asked for it
+            // end to end; `transport=tls` says "this hop is TLS".
+            Transport::Tls(_) if sips => format!("<sips:precall@{addr}>"),
+            Transport::Tls(_) => format!("<sip:precall@{addr};transport=tls>"),
         }
     }
 }

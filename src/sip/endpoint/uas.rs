@@ -89,6 +89,7 @@ impl Endpoint {
             invite_key: key.clone(),
             session,
             local_sdp: None,
+            sips: req.uri.scheme == crate::sip::uri::Scheme::Sips,
             refresh_with_invite: {
                 let allow: Vec<&str> = req.headers.list("Allow").collect();
                 !allow.is_empty() && !allow.iter().any(|m| m.eq_ignore_ascii_case("UPDATE"))
@@ -131,7 +132,7 @@ impl Endpoint {
             return;
         }
         let (tag, flow, invite_key) = (d.local_tag.clone(), d.flow, d.invite_key.clone());
-        let mut extra = vec![("Contact", self.contact(flow)), ("Allow", ALLOW.to_owned())];
+        let mut extra = vec![("Contact", self.contact(flow, d.sips)), ("Allow", ALLOW.to_owned())];
         extra.extend(self.session_headers(call));
         let resp = self.response_tagged(req, 200, "OK", Some(&tag), Some(("application/sdp", sdp)), &extra);
         // §17.2.1: a 2xx ends the INVITE server transaction; the UAS core takes over.
@@ -189,10 +190,10 @@ impl Endpoint {
         let Some((tx, method)) = d.reoffer.take() else { return };
         let Some(req) = d.invite_request.take() else { return };
         let tag = d.local_tag.clone();
-        let flow = d.flow;
+        let (flow, sips) = (d.flow, d.sips);
         let (status, reason, body, extra) = match &answer {
             Ok(sdp) => {
-                let mut h = vec![("Contact", self.contact(flow))];
+                let mut h = vec![("Contact", self.contact(flow, sips))];
                 h.extend(self.session_headers(call));
                 (200, "OK".to_owned(), Some(("application/sdp", sdp.as_slice())), h)
             }
