@@ -79,6 +79,7 @@ fn sip(c: &mut Criterion) {
         port: 10000,
         session_id: 1,
         version: 1,
+        security: Default::default(),
     };
     let offer = INVITE.split("\r\n\r\n").nth(1).unwrap();
     c.bench_function("sdp parse + answer", |b| {

@@ -11,10 +11,16 @@ fuzz_target!(|data: &[u8]| {
         port: 10_000,
         session_id: 1,
         version: 1,
+        // SRTP optional over TLS: the a=crypto parsing and key handling run too.
+        security: sdp::MediaSecurity {
+            policy: precall::media::srtp::Policy::Optional,
+            insecure_signalling: None,
+            key: [7; precall::media::srtp::MAX_KEY],
+        },
     };
     if let Ok((_, body)) = sdp::answer(&sd, &local) {
         // Our answer always parses back.
         SessionDescription::parse(body.as_bytes()).expect("our own SDP parses");
     }
-    let _ = sdp::accept_answer(&sd);
+    let _ = sdp::accept_answer(&sd, &local, None);
 });

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use super::CallLimits;
 use super::machine::{AgentPlan, CallSetup, MediaEdge, Seeds};
 use crate::media::prompt::{Player, Prompt};
+use crate::media::srtp::MAX_KEY;
+use crate::sip::Transport;
 use crate::sip::guard::SetupRate;
 use crate::sip::message::{Rejection, Request};
-use crate::sip::sdp::{self, LocalMedia, Negotiated, SessionDescription};
+use crate::sip::sdp::{self, LocalMedia, MediaSecurity, Negotiated, SessionDescription};
 use crate::store::CallRow;
 
 /// The node as admission sees it at one instant.
@@ -65,12 +67,34 @@ pub fn negotiate(request: &Request, local: &LocalMedia) -> Result<(Option<Negoti
 }
 
 /// Our side of the session for a call on `port`.
-pub fn local_media(addr: IpAddr, port: u16, session_id: u64) -> LocalMedia {
+pub fn local_media(addr: IpAddr, port: u16, session_id: u64, security: MediaSecurity) -> LocalMedia {
     LocalMedia {
         addr,
         port,
         session_id,
         version: 1,
+        security,
+    }
+}
+
+/// The media security a call may have: the SRTP policy, and whether SDES keys
+/// are safe on the transport the INVITE came over (TLS, or the operator
+/// allowed insecure SDES). `key` is random material from the IO edge.
+pub fn media_security(
+    policy: crate::media::srtp::Policy,
+    transport: Transport,
+    allow_insecure_sdes: bool,
+    key: [u8; MAX_KEY],
+) -> MediaSecurity {
+    let insecure_signalling = match transport {
+        _ if transport.is_secure() || allow_insecure_sdes => None,
+        Transport::Tcp(_) => Some("TCP"),
+        _ => Some("UDP"),
+    };
+    MediaSecurity {
+        policy,
+        insecure_signalling,
+        key,
     }
 }
 
@@ -170,7 +194,7 @@ mod tests {
 
     #[test]
     fn an_offer_is_answered_a_missing_one_is_offered_and_a_bad_one_gets_488() {
-        let local = local_media([192, 0, 2, 1].into(), 30000, 9);
+        let local = local_media([192, 0, 2, 1].into(), 30000, 9, MediaSecurity::default());
         let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
         let (n, answer) = negotiate(&invite(offer), &local).unwrap();
         assert_eq!(n.map(|n| n.payload_type), Some(8));

@@ -70,6 +70,8 @@ pub struct World {
     pub greeting_seconds: f64,
     /// RTP (a SIP call) or frames (a Twilio stream).
     pub edge: MediaEdge,
+    /// SRTP policy and key for the call's answer (default: plain RTP).
+    pub security: crate::sip::sdp::MediaSecurity,
 }
 
 impl Default for World {
@@ -90,6 +92,7 @@ impl Default for World {
             first_message: 1.0,
             greeting_seconds: 2.0,
             edge: MediaEdge::Rtp,
+            security: crate::sip::sdp::MediaSecurity::default(),
         }
     }
 }
@@ -147,6 +150,7 @@ impl Harness {
             port: 30000,
             session_id: 7,
             version: 1,
+            security: world.security,
         };
         let (negotiated, answer_sdp) = match &world.invite_offer {
             Some(o) => {

@@ -176,6 +176,10 @@ pub struct CallMachine {
     sdp_remote: Option<SocketAddr>,
     latch: SourceLatch,
     burst: Box<Burst>,
+    /// The call's SRTP contexts, when the stream is RTP/SAVP(F).
+    srtp: Option<crate::media::srtp::SrtpSession>,
+    /// Where an SRTP packet is decrypted to (sized once; reused per packet).
+    plain: Vec<u8>,
     skipped: u64,
     ignored: u64,
     media_started: Option<Instant>,
@@ -220,6 +224,11 @@ pub struct Finished {
     pub agent_interruptions: u64,
     pub agent_chunks_dropped: u64,
     pub hand_off_gap_ms: Option<u64>,
+    /// The SRTP suite, when the call's media were encrypted.
+    pub srtp_suite: Option<&'static str>,
+    /// SRTP packets dropped for a bad authentication tag, and as replays.
+    pub srtp_auth_failures: u64,
+    pub srtp_replays: u64,
 }
 
 impl CallMachine {
@@ -265,6 +274,8 @@ impl CallMachine {
             sdp_remote: remote,
             latch: SourceLatch::new(remote, strict_rtp_source, now),
             burst: Box::new(Burst::new()),
+            srtp: None,
+            plain: Vec::new(),
             skipped: 0,
             ignored: 0,
             media_started: None,
@@ -281,6 +292,7 @@ impl CallMachine {
         // An offer in the INVITE settled the media at admission, and maybe a hold
         // from the start (a transfer onto us, a PBX that starts calls inactive).
         if let Some(n) = negotiated {
+            m.install_srtp(now, &n);
             m.call.handle(now, CallInput::Negotiated);
             m.set_direction(now, n.direction);
         }
@@ -490,6 +502,9 @@ impl CallMachine {
             agent_interruptions: bridge.interruptions,
             agent_chunks_dropped: self.agent.as_ref().map_or(0, |a| a.dropped_chunks),
             hand_off_gap_ms: self.agent.as_ref().and_then(AgentLink::hand_off).map(|h| h.gap_ms),
+            srtp_suite: self.srtp.as_ref().map(|s| s.params().suite.name()),
+            srtp_auth_failures: self.srtp.as_ref().map_or(0, |s| s.auth_failures),
+            srtp_replays: self.srtp.as_ref().map_or(0, |s| s.replays),
         }
     }
 }

@@ -107,7 +107,7 @@ pub async fn run(ctx: CallContext, created: Instant) {
     let caller = m.caller().unwrap_or("anonymous");
     tracing::info!(call = %key, call_id = %sip_call_id, %caller, %callee, %peer, "call started");
     let mut agent_tx: Option<mpsc::Sender<AgentCommand>> = None;
-    let mut recv_buf = [0u8; 2048];
+    let mut recv_buf = [0u8; crate::media::rtp::MAX_DATAGRAM];
     let far = Duration::from_secs(86_400);
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
@@ -228,6 +228,11 @@ pub fn report(protocol: &'static str, external: &str, f: &Finished) {
         metrics::counter!("precall_rtp_packets_received_total").increment(s.packets);
         metrics::counter!("precall_rtp_packets_lost_total").increment(s.lost);
         metrics::counter!("precall_rtp_packets_ignored_total").increment(f.rtp_in_ignored + s.malformed);
+        if f.srtp_suite.is_some() {
+            metrics::counter!("precall_srtp_calls_total").increment(1);
+            metrics::counter!("precall_srtp_auth_failures_total").increment(f.srtp_auth_failures);
+            metrics::counter!("precall_srtp_replays_total").increment(f.srtp_replays);
+        }
     }
     let duration_ms = f.row.ended_at.map(|e| (e - f.row.started_at).max(0) as u64);
     tracing::info!(
@@ -255,6 +260,9 @@ pub fn report(protocol: &'static str, external: &str, f: &Finished) {
         agent_interruptions = f.agent_interruptions,
         agent_chunks_dropped = f.agent_chunks_dropped,
         hand_off_gap_ms = f.hand_off_gap_ms,
+        srtp = %f.srtp_suite.unwrap_or("off"),
+        srtp_auth_failures = f.srtp_auth_failures,
+        srtp_replays = f.srtp_replays,
         "call ended"
     );
 }

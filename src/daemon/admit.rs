@@ -63,7 +63,13 @@ impl SipTask {
         let rtp_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
         let media_ip = self.settings.public_addr.map_or(flow.local.ip(), |a| a.ip());
         let mut rng = rand::rng();
-        let local = admission::local_media(media_ip, rtp_port, rng.random_range(1..u32::MAX as u64));
+        let security = admission::media_security(
+            self.settings.srtp,
+            flow.transport,
+            self.settings.raw.rtp.srtp_allow_insecure_sdes,
+            rng.random(),
+        );
+        let local = admission::local_media(media_ip, rtp_port, rng.random_range(1..u32::MAX as u64), security);
         let negotiation = match admission::negotiate(&request, &local) {
             Ok(n) => n,
             Err(r) => return self.refuse_call(call, row, r),

@@ -2,6 +2,11 @@
 //! without copying. Hand-written because the whole job is 12 bytes plus the optional
 //! CSRC list, extension and padding; the `rtp` crate would pull in `webrtc-util`.
 
+/// The largest datagram read from an RTP socket: a 20 ms frame of any codec
+/// precall speaks, with SRTP's tag, fits many times over; anything longer is
+/// truncated and fails to parse or authenticate.
+pub const MAX_DATAGRAM: usize = 2048;
+
 use thiserror::Error;
 
 /// The fixed header length.

@@ -20,8 +20,9 @@ pub const TIMESTAMP_STEP: u32 = 160;
 /// If the task falls this many frames behind (a stalled runtime), the backlog is
 /// skipped instead of sent in a burst the caller's jitter buffer would drop anyway.
 pub const MAX_BURST: u64 = 5;
-/// Largest packet we build: header plus one 20 ms G.711 frame, with room to spare.
-pub const MAX_PACKET: usize = HEADER_LEN + 320;
+/// Largest packet we build: header plus one 20 ms G.711 frame with room to
+/// spare, plus the largest SRTP authentication tag.
+pub const MAX_PACKET: usize = HEADER_LEN + 320 + crate::media::srtp::MAX_OVERHEAD;
 
 /// The sending half of a call's RTP session.
 #[derive(Debug, Clone)]

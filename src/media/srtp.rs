@@ -201,6 +201,8 @@ impl Crypto {
 /// with) and theirs (what we decrypt with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SrtpParams {
+    /// The `a=crypto` tag both sides use.
+    pub tag: u32,
     pub suite: Suite,
     pub local: KeyMaterial,
     pub remote: KeyMaterial,

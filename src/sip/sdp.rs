@@ -12,6 +12,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::media::g711::G711;
+use crate::media::srtp::{Crypto, KeyMaterial, MAX_KEY, Policy, SrtpParams, Suite};
 use crate::sip::message::{Rejection, Request};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -32,6 +33,15 @@ pub enum SdpError {
     NoConnection,
     #[error("no common codec: offered {0}, we accept PCMU and PCMA")]
     NoCommonCodec(String),
+    /// `rtp.srtp = "required"` and the offer is plain RTP.
+    #[error("SRTP is required here; audio is offered over {0}")]
+    SrtpRequired(String),
+    /// SDES keys arrived where anyone on the path could read them.
+    #[error("SDES keys (a=crypto) must be sent over SIP over TLS, not {0}")]
+    InsecureSdes(&'static str),
+    /// SRTP offered, but no `a=crypto` line precall can use.
+    #[error("no usable a=crypto line: precall speaks AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32 and AEAD_AES_128_GCM")]
+    NoCommonCrypto,
 }
 
 impl SdpError {
@@ -40,7 +50,12 @@ impl SdpError {
     /// plain RTP or another codec; SDP that does not parse is `400`.
     pub fn status(&self) -> u16 {
         match self {
-            SdpError::NoAudio | SdpError::NoPlainRtp(_) | SdpError::NoCommonCodec(_) => 488,
+            SdpError::NoAudio
+            | SdpError::NoPlainRtp(_)
+            | SdpError::NoCommonCodec(_)
+            | SdpError::SrtpRequired(_)
+            | SdpError::InsecureSdes(_)
+            | SdpError::NoCommonCrypto => 488,
             _ => 400,
         }
     }
@@ -57,6 +72,18 @@ impl SdpError {
             SdpError::NoCommonCodec(offered) => {
                 vec![(305, format!("Incompatible media format: {offered}; precall accepts PCMU, PCMA"))]
             }
+            SdpError::SrtpRequired(proto) => vec![(
+                302,
+                format!("Incompatible transport protocol: {proto}; SRTP is required, offer RTP/SAVP with a=crypto over TLS"),
+            )],
+            SdpError::InsecureSdes(transport) => vec![(
+                302,
+                format!("Incompatible transport protocol: SDES keys arrived over {transport}; call over SIP TLS"),
+            )],
+            SdpError::NoCommonCrypto => vec![(
+                302,
+                "Incompatible transport protocol: no usable a=crypto; offer AES_CM_128_HMAC_SHA1_80".into(),
+            )],
             _ => Vec::new(),
         }
     }
@@ -129,6 +156,52 @@ pub struct MediaDescription {
     pub connection: Option<IpAddr>,
     pub rtpmaps: Vec<RtpMap>,
     pub direction: Option<Direction>,
+    /// `a=crypto` values (RFC 4568), first [`MAX_CRYPTO`] kept.
+    pub crypto: Vec<String>,
+}
+
+/// `a=crypto` lines kept per stream: an offer lists a few suites; a peer
+/// sending hundreds gets the first ones considered.
+pub const MAX_CRYPTO: usize = 16;
+
+impl MediaDescription {
+    /// RTP/SAVP or RTP/SAVPF (RFC 3711, RFC 5124): SRTP keyed by SDES.
+    pub fn is_sdes_srtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/SAVP") || self.proto.eq_ignore_ascii_case("RTP/SAVPF")
+    }
+
+    /// RTP/AVP or RTP/AVPF: plain RTP.
+    pub fn is_plain_rtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/AVP") || self.proto.eq_ignore_ascii_case("RTP/AVPF")
+    }
+
+    /// The first `a=crypto` line precall can use, in the offer's order (the
+    /// offerer's preference, RFC 4568 §7.1.1).
+    pub fn usable_crypto(&self) -> Option<Crypto> {
+        self.crypto.iter().find_map(|c| Crypto::parse(c).ok())
+    }
+}
+
+/// What the call's media security may be: the policy, whether SDES keys can
+/// be accepted (the signalling is TLS, or insecure SDES is allowed), and the
+/// random material our key is cut from (drawn at the IO edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaSecurity {
+    pub policy: Policy,
+    /// `Some(transport)` when keys would cross the network in clear: the
+    /// transport's name for the refusal.
+    pub insecure_signalling: Option<&'static str>,
+    pub key: [u8; MAX_KEY],
+}
+
+impl Default for MediaSecurity {
+    fn default() -> Self {
+        MediaSecurity {
+            policy: Policy::Off,
+            insecure_signalling: None,
+            key: [0; MAX_KEY],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +259,7 @@ impl SessionDescription {
                         connection: None,
                         rtpmaps: Vec::new(),
                         direction: None,
+                        crypto: Vec::new(),
                     });
                 }
                 "a" => {
@@ -204,6 +278,9 @@ impl SessionDescription {
                             if let Some(map) = parse_rtpmap(arg) {
                                 m.rtpmaps.push(map);
                             }
+                        }
+                        (None, Some(m)) if name == "crypto" && m.crypto.len() < MAX_CRYPTO => {
+                            m.crypto.push(arg.chars().take(200).collect());
                         }
                         _ => {}
                     }
@@ -259,6 +336,8 @@ pub struct Negotiated {
     pub remote: SocketAddr,
     /// Our direction: whether we may send (`sends()`) to the caller.
     pub direction: Direction,
+    /// SRTP keys, when the stream is RTP/SAVP(F).
+    pub srtp: Option<SrtpParams>,
 }
 
 /// Our side of the session: address, RTP port, and the `o=` line's identity.
@@ -268,6 +347,7 @@ pub struct LocalMedia {
     pub port: u16,
     pub session_id: u64,
     pub version: u64,
+    pub security: MediaSecurity,
 }
 
 /// Payload type we offer for telephone-event when we make the offer.
@@ -275,19 +355,7 @@ pub const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
 
 /// Answers `offer` (RFC 3264 §6): returns the negotiated audio and the answer body.
 pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotiated, String), SdpError> {
-    let audio_index = offer
-        .media
-        .iter()
-        .position(|m| m.kind == "audio" && m.port != 0 && m.proto.starts_with("RTP/AVP"));
-    let Some(audio_index) = audio_index else {
-        // Tell an SBC why: audio over a secure profile only is a transport
-        // mismatch it can fix by re-offering plain RTP.
-        let secure = offer.media.iter().find(|m| m.kind == "audio" && m.port != 0);
-        return Err(match secure {
-            Some(m) => SdpError::NoPlainRtp(m.proto.chars().take(32).collect()),
-            None => SdpError::NoAudio,
-        });
-    };
+    let (audio_index, srtp) = choose_stream(offer, &local.security)?;
     let audio = &offer.media[audio_index];
     let (codec, payload_type, opus) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
     let event_rate = if opus { 48000 } else { 8000 };
@@ -325,19 +393,21 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
         telephone_event,
         remote: SocketAddr::new(conn, audio.port),
         direction,
+        srtp,
     };
     let mut body = session_header(local);
     for (i, m) in offer.media.iter().enumerate() {
         if i == audio_index {
             let wire = if opus { Wire::Opus } else { Wire::G711(codec) };
-            write_audio(
-                &mut body,
-                local.port,
-                payload_type,
+            let stream = Stream {
+                port: local.port,
+                proto: &audio.proto,
+                pt: payload_type,
                 wire,
-                telephone_event.map(|te| (te, event_rate)),
+                te: telephone_event.map(|te| (te, event_rate)),
                 direction,
-            );
+            };
+            write_audio(&mut body, &stream, srtp.map(local_crypto).as_slice());
         } else {
             // Refuse every other stream, keeping the offer's m-line order (§6).
             let fmt = m.formats.first().map_or("0", String::as_str);
@@ -347,33 +417,117 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
     Ok((negotiated, body))
 }
 
-/// Our offer, for an INVITE that arrived without one (delayed offer).
+/// Picks the audio stream to answer under the SRTP policy: its index, and the
+/// SRTP keys when it is RTP/SAVP(F). Where an offer carries both a secure and
+/// a plain stream (best-effort SRTP), `optional` takes the secure one when its
+/// keys are usable.
+fn choose_stream(offer: &SessionDescription, security: &MediaSecurity) -> Result<(usize, Option<SrtpParams>), SdpError> {
+    let live = |m: &MediaDescription| m.kind == "audio" && m.port != 0;
+    let plain = offer.media.iter().position(|m| live(m) && m.is_plain_rtp());
+    let secure = offer.media.iter().position(|m| live(m) && m.is_sdes_srtp());
+    let keyed = |i: usize| -> Result<(usize, Option<SrtpParams>), SdpError> {
+        if let Some(transport) = security.insecure_signalling {
+            return Err(SdpError::InsecureSdes(transport));
+        }
+        let theirs = offer.media[i].usable_crypto().ok_or(SdpError::NoCommonCrypto)?;
+        Ok((
+            i,
+            Some(SrtpParams {
+                tag: theirs.tag,
+                suite: theirs.suite,
+                local: KeyMaterial::from_random(theirs.suite, &security.key),
+                remote: theirs.key,
+            }),
+        ))
+    };
+    let unusable = || {
+        // Tell an SBC why: a transport mismatch it can fix by re-offering.
+        match offer.media.iter().find(|m| live(m)) {
+            Some(m) => SdpError::NoPlainRtp(m.proto.chars().take(32).collect()),
+            None => SdpError::NoAudio,
+        }
+    };
+    match security.policy {
+        Policy::Off => plain.map(|i| (i, None)).ok_or_else(unusable),
+        Policy::Optional => match (secure, plain) {
+            (Some(s), Some(p)) => keyed(s).or(Ok((p, None))),
+            (Some(s), None) => keyed(s),
+            (None, Some(p)) => Ok((p, None)),
+            (None, None) => Err(unusable()),
+        },
+        Policy::Required => match (secure, plain) {
+            (Some(s), _) => keyed(s),
+            (None, Some(p)) => Err(SdpError::SrtpRequired(offer.media[p].proto.chars().take(32).collect())),
+            (None, None) => Err(unusable()),
+        },
+    }
+}
+
+/// Our `a=crypto` line for the negotiated keys: the offer's tag and suite,
+/// our key (RFC 4568 §7.1.2).
+fn local_crypto(p: SrtpParams) -> Crypto {
+    Crypto {
+        tag: p.tag,
+        suite: p.suite,
+        key: p.local,
+    }
+}
+
+/// Our offer, for an INVITE that arrived without one (delayed offer): plain
+/// RTP, or under `rtp.srtp = "required"` RTP/SAVP with one `a=crypto` line per
+/// suite (tags 1..=3, our preference first).
 pub fn offer(local: &LocalMedia) -> String {
     let mut body = session_header(local);
+    let required = local.security.policy == Policy::Required;
+    let proto = if required { "RTP/SAVP" } else { "RTP/AVP" };
     let _ = write!(
         body,
-        "m=audio {} RTP/AVP 0 8 {te}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+        "m=audio {} {proto} 0 8 {te}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
         local.port,
         te = OFFER_TELEPHONE_EVENT_PT
     );
+    if required {
+        for c in offered_crypto(&local.security) {
+            c.write(&mut body);
+        }
+    }
     body
+}
+
+/// The `a=crypto` lines of our own offer.
+fn offered_crypto(security: &MediaSecurity) -> impl Iterator<Item = Crypto> + '_ {
+    Suite::ALL.into_iter().zip(1..).map(|(suite, tag)| Crypto {
+        tag,
+        suite,
+        key: KeyMaterial::from_random(suite, &security.key),
+    })
 }
 
 /// Our offer in the 200 to a re-INVITE without SDP (RFC 3261 §14.2): the
 /// session as it stands, one codec on its payload type plus telephone-event,
-/// sendrecv. Offering everything again would let the answer move a bridged
-/// call to another codec mid-sentence; this offer can only be confirmed.
+/// sendrecv, and the same SRTP keys. Offering everything again would let the
+/// answer move a bridged call to another codec mid-sentence; this offer can
+/// only be confirmed.
 pub fn reoffer(local: &LocalMedia, current: &Negotiated) -> String {
     let mut body = session_header(local);
     let wire = if current.opus { Wire::Opus } else { Wire::G711(current.codec) };
     let rate = if current.opus { 48000 } else { 8000 };
-    let te = current.telephone_event.map(|pt| (pt, rate));
-    write_audio(&mut body, local.port, current.payload_type, wire, te, Direction::SendRecv);
+    let stream = Stream {
+        port: local.port,
+        proto: if current.srtp.is_some() { "RTP/SAVP" } else { "RTP/AVP" },
+        pt: current.payload_type,
+        wire,
+        te: current.telephone_event.map(|pt| (pt, rate)),
+        direction: Direction::SendRecv,
+    };
+    write_audio(&mut body, &stream, current.srtp.map(local_crypto).as_slice());
     body
 }
 
-/// Reads the answer to our offer (the ACK body of a delayed-offer call).
-pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError> {
+/// Reads the answer to our offer: the ACK body of a delayed-offer call
+/// (`current` is `None`), or of an offerless re-INVITE (`current` is the
+/// session our offer repeated, SRTP keys included).
+pub fn accept_answer(answer: &SessionDescription, local: &LocalMedia, current: Option<&Negotiated>) -> Result<Negotiated, SdpError> {
     let audio = answer
         .media
         .iter()
@@ -387,6 +541,28 @@ pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError
         .map(|m| m.payload_type);
     let conn = audio.connection.or(answer.connection).ok_or(SdpError::NoConnection)?;
     let theirs = audio.direction.or(answer.direction).unwrap_or(Direction::SendRecv);
+    // Where we offered SRTP (a new call under `required`, or a re-offer of an
+    // SRTP session), the answer must take one of our suites under its tag.
+    let ours: Vec<Crypto> = match current {
+        Some(n) => n.srtp.map(local_crypto).into_iter().collect(),
+        None if local.security.policy == Policy::Required => offered_crypto(&local.security).collect(),
+        None => Vec::new(),
+    };
+    let srtp = if !ours.is_empty() {
+        let chosen = audio.usable_crypto().ok_or(SdpError::NoCommonCrypto)?;
+        let ours = ours
+            .into_iter()
+            .find(|c| c.tag == chosen.tag && c.suite == chosen.suite)
+            .ok_or(SdpError::NoCommonCrypto)?;
+        Some(SrtpParams {
+            tag: chosen.tag,
+            suite: chosen.suite,
+            local: ours.key,
+            remote: chosen.key,
+        })
+    } else {
+        None
+    };
     Ok(Negotiated {
         codec,
         opus,
@@ -394,6 +570,7 @@ pub fn accept_answer(answer: &SessionDescription) -> Result<Negotiated, SdpError
         telephone_event,
         remote: SocketAddr::new(conn, audio.port),
         direction: theirs.reverse(),
+        srtp,
     })
 }
 
@@ -455,12 +632,24 @@ fn session_header(local: &LocalMedia) -> String {
     body
 }
 
-fn write_audio(body: &mut String, port: u16, pt: u8, wire: Wire, te: Option<(u8, u32)>, direction: Direction) {
-    let _ = write!(body, "m=audio {port} RTP/AVP {pt}");
-    if let Some((te, _)) = te {
+/// One audio m-line of ours.
+struct Stream<'a> {
+    port: u16,
+    /// The profile, echoed from the offer (RTP/AVP, RTP/AVPF, RTP/SAVP, RTP/SAVPF).
+    proto: &'a str,
+    pt: u8,
+    wire: Wire,
+    te: Option<(u8, u32)>,
+    direction: Direction,
+}
+
+fn write_audio(body: &mut String, s: &Stream<'_>, crypto: &[Crypto]) {
+    let (port, pt) = (s.port, s.pt);
+    let _ = write!(body, "m=audio {port} {} {pt}", s.proto);
+    if let Some((te, _)) = s.te {
         let _ = write!(body, " {te}");
     }
-    match wire {
+    match s.wire {
         Wire::G711(G711::Ulaw) => {
             let _ = write!(body, "\r\na=rtpmap:{pt} PCMU/8000\r\n");
         }
@@ -475,10 +664,13 @@ fn write_audio(body: &mut String, port: u16, pt: u8, wire: Wire, te: Option<(u8,
             );
         }
     }
-    if let Some((te, rate)) = te {
+    if let Some((te, rate)) = s.te {
         let _ = write!(body, "a=rtpmap:{te} telephone-event/{rate}\r\na=fmtp:{te} 0-16\r\n");
     }
-    let _ = write!(body, "a=ptime:20\r\na={}\r\n", direction.attribute());
+    let _ = write!(body, "a=ptime:20\r\na={}\r\n", s.direction.attribute());
+    for c in crypto {
+        c.write(body);
+    }
 }
 
 /// The SDP offer in an INVITE: the body, or the `application/sdp` part of a

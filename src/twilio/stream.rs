@@ -105,6 +105,7 @@ fn setup(state: &TwilioState, call: &TwilioCall, agent: &ws::AgentConfig) -> Cal
             port: 0,
             session_id: 0,
             version: 1,
+            security: Default::default(),
         },
         negotiated: Some(Negotiated {
             codec: G711::Ulaw,
@@ -113,6 +114,7 @@ fn setup(state: &TwilioState, call: &TwilioCall, agent: &ws::AgentConfig) -> Cal
             telephone_event: None,
             remote: nowhere,
             direction: Direction::SendRecv,
+            srtp: None,
         }),
         player: Player::new(Prompt::from_pcm_8k(Vec::new()), None),
         apology: state.apology.clone(),

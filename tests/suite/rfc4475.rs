@@ -170,6 +170,7 @@ fn every_torture_message_gets_the_rfc_answer() {
                         port: 10000,
                         session_id: 1,
                         version: 1,
+                        security: Default::default(),
                     };
                     match SessionDescription::parse(&request.body).and_then(|sd| sdp::answer(&sd, &local)) {
                         Ok((_, body)) => ep.accept(now, call, body.as_bytes()),

@@ -108,7 +108,19 @@ impl CallMachine {
                 None => frame,
             };
             let i = burst.queued;
-            burst.lens[i] = s.write_next(payload, &mut burst.packets[i]);
+            // The tag's room stays free, so encryption never runs out of buffer.
+            let len = s.write_next(payload, &mut burst.packets[i][..MAX_PACKET - crate::media::srtp::MAX_OVERHEAD]);
+            burst.lens[i] = match self.srtp.as_mut() {
+                None => len,
+                Some(srtp) => match srtp.protect_rtp(&mut burst.packets[i], len) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Never send in clear what should be encrypted.
+                        tracing::warn!(call = %self.row.call_id, error = %e, "cannot encrypt an RTP packet; not sent");
+                        continue;
+                    }
+                },
+            };
             burst.queued += 1;
         }
         self.drain_agent();
@@ -123,6 +135,25 @@ impl CallMachine {
     }
 
     pub(super) fn inbound_rtp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        if self.srtp.is_none() {
+            return self.inbound_plain_rtp(data, from, now);
+        }
+        // Authenticate before anything else sees the packet: a forged or
+        // replayed packet must not latch the media address nor reach the agent.
+        let mut plain = std::mem::take(&mut self.plain);
+        let result = self.srtp.as_mut().map(|s| s.unprotect_rtp(data, &mut plain));
+        match result {
+            Some(Ok(n)) => self.inbound_plain_rtp(&plain[..n], from, now),
+            Some(Err(e)) => {
+                tracing::trace!(call = %self.row.call_id, error = %e, "SRTP packet dropped");
+                self.ignored += 1;
+            }
+            None => {}
+        }
+        self.plain = plain;
+    }
+
+    fn inbound_plain_rtp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
         let Ok(packet) = RtpPacket::parse(data) else {
             self.receiver.count_malformed();
             return;

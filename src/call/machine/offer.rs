@@ -13,7 +13,8 @@ impl CallMachine {
     /// session stays as it is unless the answer is a valid echo of our offer).
     pub(super) fn ack_answer(&mut self, body: &[u8], now: Instant) {
         let mid_call = self.call.confirmed_at().is_some();
-        let answer = SessionDescription::parse(body).and_then(|sd| sdp::accept_answer(&sd));
+        let current = self.negotiated.filter(|_| mid_call);
+        let answer = SessionDescription::parse(body).and_then(|sd| sdp::accept_answer(&sd, &self.local, current.as_ref()));
         let n = match (answer, self.negotiated) {
             (Ok(n), Some(old)) if mid_call && (n.codec, n.opus) != (old.codec, old.opus) => {
                 tracing::info!(call = %self.row.call_id, "re-INVITE answer names a codec we did not offer; keeping the session");
@@ -31,6 +32,7 @@ impl CallMachine {
             }
         };
         self.negotiated = Some(n);
+        self.install_srtp(now, &n);
         self.renegotiated(&n, now);
         self.call.handle(now, CallInput::Negotiated);
         self.call.handle(now, CallInput::Confirmed);
@@ -51,6 +53,31 @@ impl CallMachine {
         let (n, answer) = sdp::answer(&sd, &self.local).map_err(|e| e.rejection())?;
         self.negotiated = Some(n);
         Ok((n, answer))
+    }
+
+    /// Sets up (or keeps, or drops) the SRTP contexts for a settled session.
+    /// The same keys keep their contexts, so the rollover counter and replay
+    /// window survive a session refresh; new keys start afresh (RFC 4568 §7.1.4).
+    pub(in crate::call) fn install_srtp(&mut self, now: Instant, n: &Negotiated) {
+        let Some(params) = n.srtp else {
+            self.srtp = None;
+            return;
+        };
+        if self.srtp.as_ref().is_some_and(|s| s.params() == params) {
+            return;
+        }
+        match crate::media::srtp::SrtpSession::new(params) {
+            Ok(s) => {
+                tracing::debug!(call = %self.row.call_id, suite = params.suite.name(), "SRTP keys installed");
+                self.srtp = Some(s);
+                // Room for the largest packet anyone may send us.
+                self.plain.resize(crate::media::rtp::MAX_DATAGRAM, 0);
+            }
+            Err(e) => {
+                tracing::error!(call = %self.row.call_id, error = %e, "cannot set up SRTP");
+                self.call.handle(now, CallInput::End(super::EndReason::Error(format!("SRTP: {e}"))));
+            }
+        }
     }
 
     /// A new SDP exchange settled the session. Learning reopens only when it

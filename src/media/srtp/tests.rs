@@ -20,6 +20,7 @@ fn rfc3711_key() -> KeyMaterial {
 
 fn session(suite: Suite, key: KeyMaterial) -> SrtpSession {
     SrtpSession::new(SrtpParams {
+        tag: 1,
         suite,
         local: key,
         remote: key,

@@ -8,6 +8,7 @@ fn local() -> LocalMedia {
         port: 10000,
         session_id: 7,
         version: 1,
+        security: MediaSecurity::default(),
     }
 }
 
@@ -103,7 +104,12 @@ fn a_reoffer_offers_the_session_as_it_stands() {
     let body = reoffer(&local(), &n);
     assert!(body.contains("m=audio 10000 RTP/AVP 8 96\r\n"), "{body}");
     assert!(body.contains("a=sendrecv"), "{body}");
-    let echoed = accept_answer(&offer_with("m=audio 6000 RTP/AVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\n")).unwrap();
+    let echoed = accept_answer(
+        &offer_with("m=audio 6000 RTP/AVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\n"),
+        &local(),
+        None,
+    )
+    .unwrap();
     assert_eq!((echoed.codec, echoed.payload_type), (n.codec, n.payload_type));
 }
 
@@ -112,6 +118,157 @@ fn delayed_offer_round_trip() {
     let ours = offer(&local());
     assert!(ours.contains("m=audio 10000 RTP/AVP 0 8 101"));
     let their_answer = offer_with("m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n");
-    let n = accept_answer(&their_answer).unwrap();
+    let n = accept_answer(&their_answer, &local(), None).unwrap();
     assert_eq!((n.codec, n.telephone_event, n.remote.port()), (G711::Alaw, Some(101), 6000));
+}
+
+// ---- SRTP (SDES) under each policy -----------------------------------------
+
+const CRYPTO_80: &str = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj\r\n";
+const CRYPTO_GCM: &str = "a=crypto:2 AEAD_AES_128_GCM inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw==\r\n";
+
+fn secure_local(policy: Policy, insecure: Option<&'static str>) -> LocalMedia {
+    LocalMedia {
+        security: MediaSecurity {
+            policy,
+            insecure_signalling: insecure,
+            key: [9; MAX_KEY],
+        },
+        ..local()
+    }
+}
+
+#[test]
+fn optional_answers_savp_with_srtp_and_avp_with_rtp() {
+    let l = secure_local(Policy::Optional, None);
+    let (n, body) = answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")), &l).unwrap();
+    let p = n.srtp.expect("SRTP negotiated");
+    assert_eq!((p.tag, p.suite), (1, Suite::AesCm128HmacSha1_80));
+    assert_ne!(p.local, p.remote, "our key is our own");
+    assert!(body.contains("m=audio 10000 RTP/SAVP 0\r\n"), "{body}");
+    let ours = Crypto {
+        tag: 1,
+        suite: Suite::AesCm128HmacSha1_80,
+        key: p.local,
+    };
+    let mut line = String::new();
+    ours.write(&mut line);
+    assert!(body.contains(&line), "{body}");
+    // The answer parses back to the same keys.
+    let back = SessionDescription::parse(body.as_bytes()).unwrap();
+    assert_eq!(back.media[0].usable_crypto(), Some(ours));
+
+    let (n, body) = answer(&offer_with("m=audio 6000 RTP/AVP 0\r\n"), &l).unwrap();
+    assert!(n.srtp.is_none());
+    assert!(!body.contains("crypto"), "{body}");
+}
+
+#[test]
+fn srtp_suites_and_profiles_are_understood() {
+    let l = secure_local(Policy::Optional, None);
+    // The first usable line in the offer's order: an unknown suite is skipped.
+    let offer = format!(
+        "m=audio 6000 RTP/SAVPF 8\r\na=rtcp-mux\r\na=crypto:7 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm\r\n{CRYPTO_GCM}{CRYPTO_80}"
+    );
+    let (n, body) = answer(&offer_with(&offer), &l).unwrap();
+    let p = n.srtp.unwrap();
+    assert_eq!((p.tag, p.suite), (2, Suite::AeadAes128Gcm));
+    assert_eq!(p.local.as_bytes().len(), 28);
+    assert!(body.contains("m=audio 10000 RTP/SAVPF 8\r\n"), "{body}");
+    assert!(body.contains("a=crypto:2 AEAD_AES_128_GCM inline:"), "{body}");
+    // Best-effort SRTP: a secure and a plain stream; optional takes the secure one.
+    let both = format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}m=audio 6002 RTP/AVP 0\r\n");
+    let (n, body) = answer(&offer_with(&both), &l).unwrap();
+    assert_eq!(n.remote.port(), 6000);
+    assert!(n.srtp.is_some());
+    assert!(body.contains("m=audio 0 RTP/AVP 0\r\n"), "the plain alternative is refused: {body}");
+    // Over plain UDP the same offer falls back to the plain stream.
+    let (n, _) = answer(&offer_with(&both), &secure_local(Policy::Optional, Some("UDP"))).unwrap();
+    assert_eq!(n.remote.port(), 6002);
+    assert!(n.srtp.is_none());
+}
+
+#[test]
+fn required_refuses_plain_rtp_and_keys_in_clear() {
+    let required = secure_local(Policy::Required, None);
+    let e = answer(&offer_with("m=audio 6000 RTP/AVP 0\r\n"), &required).unwrap_err();
+    assert_eq!(e, SdpError::SrtpRequired("RTP/AVP".into()));
+    let r = e.rejection();
+    assert_eq!(r.status, 488);
+    assert!(r.reason.contains("SRTP is required"), "{}", r.reason);
+    assert!(
+        r.headers.iter().any(|(n, v)| *n == "Warning" && v.starts_with("302 precall")),
+        "{:?}",
+        r.headers
+    );
+
+    let over_udp = secure_local(Policy::Required, Some("UDP"));
+    let e = answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")), &over_udp).unwrap_err();
+    assert_eq!(e, SdpError::InsecureSdes("UDP"));
+    assert!(
+        e.rejection().reason.contains("must be sent over SIP over TLS"),
+        "{}",
+        e.rejection().reason
+    );
+    // Optional refuses keys in clear the same way when there is no plain stream.
+    let e = answer(
+        &offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")),
+        &secure_local(Policy::Optional, Some("TCP")),
+    )
+    .unwrap_err();
+    assert_eq!(e, SdpError::InsecureSdes("TCP"));
+
+    let e = answer(
+        &offer_with("m=audio 6000 RTP/SAVP 0\r\na=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:x\r\n"),
+        &required,
+    )
+    .unwrap_err();
+    assert_eq!(e, SdpError::NoCommonCrypto);
+    // DTLS-SRTP is not SDES: refused as a transport mismatch.
+    let e = answer(
+        &offer_with("m=audio 6000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 AB\r\n"),
+        &required,
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), 488);
+    // Off keeps the old answer: SAVP only is a transport mismatch.
+    let e = answer(
+        &offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")),
+        &secure_local(Policy::Off, None),
+    )
+    .unwrap_err();
+    assert_eq!(e, SdpError::NoPlainRtp("RTP/SAVP".into()));
+}
+
+#[test]
+fn delayed_offer_under_required_offers_every_suite_and_reads_the_choice() {
+    let l = secure_local(Policy::Required, None);
+    let ours = offer(&l);
+    assert!(ours.contains("m=audio 10000 RTP/SAVP 0 8 101\r\n"), "{ours}");
+    let offered = SessionDescription::parse(ours.as_bytes()).unwrap();
+    assert_eq!(offered.media[0].crypto.len(), 3);
+    // The caller answers with suite 2 (tag 2) and its own key.
+    let their_key = "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj\r\n";
+    let n = accept_answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{their_key}")), &l, None).unwrap();
+    let p = n.srtp.unwrap();
+    assert_eq!((p.tag, p.suite), (2, Suite::AesCm128HmacSha1_32));
+    // An answer that drops SRTP, or changes a tag's suite, is refused.
+    assert!(accept_answer(&offer_with("m=audio 6000 RTP/AVP 0\r\n"), &l, None).is_err());
+    let wrong = "a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj\r\n";
+    assert!(accept_answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{wrong}")), &l, None).is_err());
+    // Optional makes a plain offer (no capability negotiation).
+    assert!(offer(&secure_local(Policy::Optional, None)).contains("RTP/AVP"));
+}
+
+#[test]
+fn a_reoffer_repeats_the_srtp_session() {
+    let l = secure_local(Policy::Optional, None);
+    let (n, _) = answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")), &l).unwrap();
+    let again = reoffer(&l, &n);
+    assert!(again.contains("RTP/SAVP"), "{again}");
+    let sd = SessionDescription::parse(again.as_bytes()).unwrap();
+    assert_eq!(sd.media[0].usable_crypto().map(|c| c.key), n.srtp.map(|p| p.local));
+    // The caller's ACK echoes its own key under the same tag.
+    let echoed = accept_answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")), &l, Some(&n)).unwrap();
+    assert_eq!(echoed.srtp, n.srtp);
 }
