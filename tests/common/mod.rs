@@ -161,6 +161,7 @@ impl Msg {
 enum Link {
     Udp(UdpSocket),
     Tcp(TcpStream, Vec<u8>),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, Vec<u8>),
 }
 
 /// One caller: a SIP socket (UDP or TCP) and an RTP socket.
@@ -190,6 +191,24 @@ impl Caller {
         Self::new(Link::Tcp(stream, Vec::new()), daemon, local).await
     }
 
+    /// A caller over SIP TLS, trusting `roots` (its handshake must succeed).
+    pub async fn tls(daemon: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        Self::try_tls(daemon, config).await.expect("TLS handshake")
+    }
+
+    pub async fn try_tls(daemon: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(daemon).await?;
+        let local = stream.local_addr()?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_rustls::TlsConnector::from(config).connect(name, stream),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+        Ok(Self::new(Link::Tls(Box::new(tls), Vec::new()), daemon, local).await)
+    }
+
     async fn new(link: Link, daemon: SocketAddr, local: SocketAddr) -> Self {
         let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let n: u64 = rand_u64();
@@ -215,6 +234,7 @@ impl Caller {
         match self.link {
             Link::Udp(_) => "UDP",
             Link::Tcp(..) => "TCP",
+            Link::Tls(..) => "TLS",
         }
     }
 
@@ -224,6 +244,10 @@ impl Caller {
                 s.send_to(text.as_bytes(), self.daemon).await.unwrap();
             }
             Link::Tcp(s, _) => s.write_all(text.as_bytes()).await.unwrap(),
+            Link::Tls(s, _) => {
+                s.write_all(text.as_bytes()).await.unwrap();
+                s.flush().await.unwrap();
+            }
         }
     }
 
@@ -233,6 +257,10 @@ impl Caller {
                 s.send_to(data, self.daemon).await.unwrap();
             }
             Link::Tcp(s, _) => s.write_all(data).await.unwrap(),
+            Link::Tls(s, _) => {
+                s.write_all(data).await.unwrap();
+                s.flush().await.unwrap();
+            }
         }
     }
 
@@ -246,23 +274,8 @@ impl Caller {
                     text: String::from_utf8_lossy(&buf[..n]).into_owned(),
                 })
             }
-            Link::Tcp(s, pending) => {
-                let deadline = Instant::now() + timeout;
-                loop {
-                    if let Ok(Some(len)) = precall::sip::message::frame_len(pending) {
-                        let text = String::from_utf8_lossy(&pending[..len]).into_owned();
-                        pending.drain(..len);
-                        return Some(Msg { text });
-                    }
-                    let mut buf = [0u8; 8192];
-                    let left = deadline.checked_duration_since(Instant::now())?;
-                    let n = tokio::time::timeout(left, s.read(&mut buf)).await.ok()?.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    pending.extend_from_slice(&buf[..n]);
-                }
-            }
+            Link::Tcp(s, pending) => read_framed(s, pending, timeout).await,
+            Link::Tls(s, pending) => read_framed(s.as_mut(), pending, timeout).await,
         }
     }
 
@@ -381,6 +394,25 @@ impl Caller {
         let mut buf = vec![0u8; 2048];
         let (n, from) = tokio::time::timeout(timeout, self.rtp.recv_from(&mut buf)).await.ok()?.ok()?;
         Some((buf[..n].to_vec(), Instant::now(), from))
+    }
+}
+
+/// The next whole SIP message on a stream (TCP or TLS), framed by Content-Length.
+async fn read_framed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, pending: &mut Vec<u8>, timeout: Duration) -> Option<Msg> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(len)) = precall::sip::message::frame_len(pending) {
+            let text = String::from_utf8_lossy(&pending[..len]).into_owned();
+            pending.drain(..len);
+            return Some(Msg { text });
+        }
+        let mut buf = [0u8; 8192];
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let n = tokio::time::timeout(left, s.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
     }
 }
 

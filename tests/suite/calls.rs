@@ -118,10 +118,6 @@ async fn rejections_no_common_codec_no_audio_and_capacity() {
     for (body, code) in [
         ("v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 5000 RTP/AVP 31\r\n", "304"),
         (
-            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
-            "302",
-        ),
-        (
             "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 AB:CD\r\n",
             "302",
         ),
@@ -135,6 +131,14 @@ async fn rejections_no_common_codec_no_audio_and_capacity() {
         assert!(warning.contains("304 precall"), "{}", r.text);
         c.ack("").await;
     }
+    // SDES keys in clear (over UDP): refused, and the reason says why.
+    let mut c = Caller::udp(daemon.sip_addr).await;
+    c.invite("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n").await;
+    let (_, r) = c.final_response(SEC).await;
+    assert_eq!(r.status(), Some(488), "{}", r.text);
+    assert!(r.text.contains("must be sent over SIP over TLS, not UDP"), "{}", r.text);
+    assert!(r.header("Warning").is_some_and(|w| w.starts_with("302 precall \"")), "{}", r.text);
+    c.ack("").await;
     // SDP that does not parse stays 400.
     let mut c = Caller::udp(daemon.sip_addr).await;
     c.invite("v=0\r\nm=audio port RTP/AVP 0\r\n").await;

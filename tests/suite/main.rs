@@ -22,3 +22,4 @@ mod rfc4475;
 mod session_timer;
 mod store;
 mod systemd;
+mod tls;
