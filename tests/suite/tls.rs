@@ -330,3 +330,93 @@ async fn a_renewed_certificate_is_used_by_new_handshakes_and_live_connections_st
     assert!(daemon.reload_tls().is_err());
     Caller::tls(addr, client(&renewed.ca_pem)).await;
 }
+
+/// A registrar over TLS: accepts one connection with `pki`'s certificate and
+/// returns what came over it, or the handshake's error.
+async fn tls_registrar(pki: &Pki) -> (u16, tokio::task::JoinHandle<Result<String, String>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let files = precall::sip::tls::ServerFiles {
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+        client_ca: None,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(precall::sip::tls::server_config(&files).expect("server config"));
+    let task = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tcp, _) = tokio::time::timeout(5 * SEC, listener.accept())
+            .await
+            .map_err(|_| "no connection".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let mut pending = Vec::new();
+        let first = loop {
+            if let Ok(Some(len)) = precall::sip::message::frame_len(&pending) {
+                break String::from_utf8_lossy(&pending[..len]).into_owned();
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(5 * SEC, tls.read(&mut buf))
+                .await
+                .map_err(|_| "no REGISTER".to_owned())?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".into());
+            }
+            pending.extend_from_slice(&buf[..n]);
+        };
+        let mut reply = String::from("SIP/2.0 200 OK\r\n");
+        for line in first.lines().filter(|l| {
+            ["Via:", "From:", "To:", "Call-ID:", "CSeq:", "Contact:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        }) {
+            reply.push_str(line);
+            reply.push_str("\r\n");
+        }
+        reply.push_str("Expires: 60\r\nContent-Length: 0\r\n\r\n");
+        tls.write_all(reply.as_bytes()).await.map_err(|e| e.to_string())?;
+        tls.flush().await.map_err(|e| e.to_string())?;
+        // Keep the connection up while the daemon reads the answer.
+        tokio::time::sleep(SEC).await;
+        Ok(first)
+    });
+    (port, task)
+}
+
+fn tls_registration(port: u16, ca: &Path) -> impl FnOnce(&mut precall::config::RawSettings) {
+    let ca = ca.to_string_lossy().into_owned();
+    move |s| {
+        s.sip.tls_ca_file = ca;
+        s.sip.registrations = vec![precall::config::RegistrationSection {
+            registrar: format!("sip:localhost:{port}"),
+            aor: "sip:3000@example.com".into(),
+            username: "3000".into(),
+            password: "pw-3000".into(),
+            expires: 60,
+            transport: "tls".into(),
+            ..Default::default()
+        }];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_over_tls_checking_the_registrars_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let good = pki(dir.path(), "reg", None);
+    let (port, registrar) = tls_registrar(&good).await;
+    let daemon = start_daemon(tls_registration(port, &dir.path().join("reg-ca.crt"))).await;
+    let first = registrar.await.expect("task").expect("a REGISTER over TLS");
+    assert!(first.starts_with("REGISTER sip:localhost:"), "{first}");
+    assert!(first.contains("Via: SIP/2.0/TLS "), "{first}");
+    assert!(first.contains(";transport=tls>"), "{first}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(daemon.stats.registrations.lock().expect("lock")[0].state.is_registered());
+
+    // A registrar whose certificate has expired never sees a REGISTER.
+    let expired = pki(dir.path(), "reg-old", Some((2020, 1, 1)));
+    let (port, registrar) = tls_registrar(&expired).await;
+    let daemon = start_daemon(tls_registration(port, &dir.path().join("reg-old-ca.crt"))).await;
+    let err = registrar.await.expect("task").expect_err("the handshake fails");
+    assert!(!err.is_empty());
+    assert!(!daemon.stats.registrations.lock().expect("lock")[0].state.is_registered());
+}
