@@ -2,6 +2,7 @@
 //! statistics and the prompt player. Nothing here allocates or locks per packet.
 
 pub mod bridge;
+pub mod dtls;
 pub mod dtmf;
 pub mod format;
 pub mod forward;

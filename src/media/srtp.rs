@@ -102,6 +102,11 @@ impl KeyMaterial {
         }
     }
 
+    /// Key material from bytes (at most [`MAX_KEY`]).
+    pub fn new(b: &[u8]) -> Option<KeyMaterial> {
+        Self::from_slice(b)
+    }
+
     fn from_slice(b: &[u8]) -> Option<KeyMaterial> {
         if b.len() > MAX_KEY {
             return None;
