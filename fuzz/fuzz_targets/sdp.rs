@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
             policy: precall::media::srtp::Policy::Optional,
             insecure_signalling: None,
             key: [7; precall::media::srtp::MAX_KEY],
+            dtls_fingerprint: Some([0xAB; 32]),
         },
     };
     if let Ok((_, body)) = sdp::answer(&sd, &local) {

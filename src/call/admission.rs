@@ -79,12 +79,14 @@ pub fn local_media(addr: IpAddr, port: u16, session_id: u64, security: MediaSecu
 
 /// The media security a call may have: the SRTP policy, and whether SDES keys
 /// are safe on the transport the INVITE came over (TLS, or the operator
-/// allowed insecure SDES). `key` is random material from the IO edge.
+/// allowed insecure SDES). `key` is random material from the IO edge, and
+/// `dtls_fingerprint` our DTLS certificate's (`None`: no DTLS-SRTP).
 pub fn media_security(
     policy: crate::media::srtp::Policy,
     transport: Transport,
     allow_insecure_sdes: bool,
     key: [u8; MAX_KEY],
+    dtls_fingerprint: Option<[u8; 32]>,
 ) -> MediaSecurity {
     let insecure_signalling = match transport {
         _ if transport.is_secure() || allow_insecure_sdes => None,
@@ -95,6 +97,7 @@ pub fn media_security(
         policy,
         insecure_signalling,
         key,
+        dtls_fingerprint,
     }
 }
 

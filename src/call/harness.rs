@@ -72,6 +72,8 @@ pub struct World {
     pub edge: MediaEdge,
     /// SRTP policy and key for the call's answer (default: plain RTP).
     pub security: crate::sip::sdp::MediaSecurity,
+    /// How a DTLS handshake the call asks for ends, and after how long.
+    pub dtls: (Duration, Result<crate::media::srtp::SrtpParams, String>),
 }
 
 impl Default for World {
@@ -93,6 +95,7 @@ impl Default for World {
             greeting_seconds: 2.0,
             edge: MediaEdge::Rtp,
             security: crate::sip::sdp::MediaSecurity::default(),
+            dtls: (300 * MS, Err("no DTLS in this world".into())),
         }
     }
 }
@@ -106,6 +109,7 @@ pub enum Scheduled {
     Refer(ReferProgress),
     Clone(Resolution),
     Agent(AgentEvent),
+    Dtls(Result<crate::media::srtp::SrtpParams, String>),
 }
 
 /// One RTP packet the caller heard.
@@ -140,6 +144,10 @@ pub struct Harness {
     pub conversations: Vec<Conversation>,
     pub clones_started: usize,
     pub finished: Option<(Instant, Finished)>,
+    /// When the machine asked for a DTLS handshake.
+    pub dtls_started: Option<Instant>,
+    /// The wire size of every packet the caller heard.
+    pub heard_sizes: Vec<usize>,
 }
 
 impl Harness {
@@ -208,6 +216,8 @@ impl Harness {
             agent_received: Vec::new(),
             conversations: Vec::new(),
             clones_started: 0,
+            dtls_started: None,
+            heard_sizes: Vec::new(),
             finished: None,
             world,
         };
@@ -296,6 +306,7 @@ impl Harness {
             Scheduled::Refer(p) => self.m.handle(now, Input::Refer(p)),
             Scheduled::Clone(r) => self.m.handle(now, Input::Clone(r)),
             Scheduled::Agent(ev) => self.m.handle(now, Input::Agent(ev)),
+            Scheduled::Dtls(keys) => self.m.handle(now, Input::Dtls(keys)),
         }
     }
 
@@ -366,6 +377,7 @@ impl Harness {
         while let Some((to, packet)) = self.m.poll_transmit() {
             assert_eq!(to, CALLER_RTP, "media goes to the caller");
             let p = RtpPacket::parse(packet).expect("we send valid RTP");
+            self.heard_sizes.push(packet.len());
             self.heard.push(Heard {
                 at: now,
                 seq: p.header.sequence,
@@ -408,6 +420,11 @@ impl Harness {
                         };
                         self.at(after, Scheduled::Clone(r));
                     }
+                }
+                Output::StartDtls { .. } => {
+                    let (after, result) = self.world.dtls.clone();
+                    self.dtls_started = Some(now);
+                    self.at(after, Scheduled::Dtls(result));
                 }
                 Output::ConnectAgent(conv) => {
                     if let Some(format) = self.world.agent {

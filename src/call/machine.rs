@@ -133,6 +133,9 @@ pub enum Input<'a> {
     /// The clone service decided the voice.
     Clone(Resolution),
     Agent(AgentEvent),
+    /// The DTLS handshake [`Output::StartDtls`] asked for finished: the SRTP
+    /// keys, or why there are none.
+    Dtls(Result<crate::media::srtp::SrtpParams, String>),
 }
 
 /// What the shell must do.
@@ -146,6 +149,13 @@ pub enum Output {
     StartClone,
     /// Open the agent conversation.
     ConnectAgent(Conversation),
+    /// Run a DTLS-SRTP handshake on the call's RTP socket (first towards
+    /// `remote`); the keys come back as [`Input::Dtls`]. Until then no media
+    /// is sent or accepted.
+    StartDtls {
+        params: crate::media::dtls::DtlsParams,
+        remote: SocketAddr,
+    },
     /// The call is over: take [`CallMachine::finish`].
     Ended(EndReason),
 }
@@ -180,6 +190,10 @@ pub struct CallMachine {
     srtp: Option<crate::media::srtp::SrtpSession>,
     /// Where an SRTP packet is decrypted to (sized once; reused per packet).
     plain: Vec<u8>,
+    /// The DTLS handshake asked for and not yet finished: no media meanwhile.
+    dtls: Option<crate::media::dtls::DtlsParams>,
+    /// The DTLS parameters the current SRTP keys came from.
+    dtls_done_for: Option<crate::media::dtls::DtlsParams>,
     skipped: u64,
     ignored: u64,
     media_started: Option<Instant>,
@@ -276,6 +290,8 @@ impl CallMachine {
             burst: Box::new(Burst::new()),
             srtp: None,
             plain: Vec::new(),
+            dtls: None,
+            dtls_done_for: None,
             skipped: 0,
             ignored: 0,
             media_started: None,
@@ -386,6 +402,7 @@ impl CallMachine {
                 self.call.handle(now, CallInput::VoiceDecided(r.voice_id));
             }
             Input::Agent(ev) => self.agent_event(ev, now),
+            Input::Dtls(keys) => self.dtls_done(now, keys),
         }
         self.pump(now);
     }

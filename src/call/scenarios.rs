@@ -557,3 +557,58 @@ fn an_agent_turn_starts_the_instant_its_audio_arrives() {
 fn quiet_frame(pcm: &[i16]) -> bool {
     pcm.iter().all(|s| s.abs() < 300)
 }
+
+/// A DTLS-SRTP offer: the call answers at once but sends nothing, in clear or
+/// otherwise, until the handshake's keys arrive; then every packet carries an
+/// SRTP tag. A failed handshake ends the call instead of falling back to clear.
+#[test]
+fn dtls_srtp_holds_media_until_the_keys_and_a_failed_handshake_ends_the_call() {
+    use crate::media::srtp::{KeyMaterial, Policy, SrtpParams, Suite};
+    let dtls_offer = super::harness::offer("0 101", "sendrecv").replace("RTP/AVP", "UDP/TLS/RTP/SAVP")
+        + &format!(
+            "a=fingerprint:sha-256 {}\r\na=setup:actpass\r\n",
+            crate::media::dtls::format_fingerprint(&[0x5A; 32])
+        );
+    let security = crate::sip::sdp::MediaSecurity {
+        policy: Policy::Required,
+        insecure_signalling: Some("UDP"),
+        key: [1; 30],
+        dtls_fingerprint: Some([0xC3; 32]),
+    };
+    let keys = SrtpParams {
+        tag: 0,
+        suite: Suite::AesCm128HmacSha1_80,
+        local: KeyMaterial::from_random(Suite::AesCm128HmacSha1_80, &[2; 30]),
+        remote: KeyMaterial::from_random(Suite::AesCm128HmacSha1_80, &[3; 30]),
+    };
+    let mut h = Harness::new(World {
+        invite_offer: Some(dtls_offer.clone()),
+        security,
+        dtls: (300 * MS, Ok(keys)),
+        ..World::default()
+    });
+    h.run_for(SEC);
+    let started = h.dtls_started.expect("the machine asked for a handshake");
+    assert!(started <= h.t0 + 20 * MS, "at the answer");
+    assert!(h.heard.first().is_some_and(|p| p.at >= h.t0 + 300 * MS), "nothing before the keys");
+    assert!(h.heard.len() >= 30, "media flows once keyed: {}", h.heard.len());
+    assert!(
+        h.heard_sizes.iter().all(|&n| n == 12 + 160 + 10),
+        "every packet is SRTP: {:?}",
+        &h.heard_sizes[..3]
+    );
+
+    let mut failed = Harness::new(World {
+        invite_offer: Some(dtls_offer),
+        security,
+        dtls: (200 * MS, Err("handshake timed out".into())),
+        ..World::default()
+    });
+    failed.run_for(SEC);
+    assert!(failed.heard.is_empty(), "no clear media ever");
+    assert!(
+        matches!(failed.ended(), Some(EndReason::Error(e)) if e.contains("DTLS")),
+        "{:?}",
+        failed.ended()
+    );
+}

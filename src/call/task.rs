@@ -63,6 +63,8 @@ pub enum CallEvent {
     Agent(AgentEvent),
     /// How our REFER is going.
     Refer(ReferProgress),
+    /// The DTLS-SRTP handshake finished.
+    Dtls(Result<crate::media::srtp::SrtpParams, String>),
 }
 
 /// The IO a call task drives, prepared by the SIP task when it admits a call.
@@ -103,6 +105,9 @@ pub async fn run(ctx: CallContext, created: Instant) {
         agent,
         setup,
     } = ctx;
+    let socket = std::sync::Arc::new(socket);
+    // DTLS datagrams for a running handshake (RFC 7983 demultiplexing).
+    let mut dtls_tx: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>> = None;
     let mut m = CallMachine::new(created, setup);
     let caller = m.caller().unwrap_or("anonymous");
     tracing::info!(call = %key, call_id = %sip_call_id, %caller, %callee, %peer, "call started");
@@ -142,6 +147,11 @@ pub async fn run(ctx: CallContext, created: Instant) {
                         tokio::spawn(ws::run(config, conv, rx, self_events.clone(), CallEvent::Agent));
                     }
                 }
+                Output::StartDtls { params, remote } => {
+                    let (tx, rx) = mpsc::channel(crate::media::dtls::QUEUE);
+                    dtls_tx = Some(tx);
+                    tokio::spawn(run_dtls(params, socket.clone(), remote, rx, self_events.clone()));
+                }
                 Output::Ended(_) => ended = true,
             }
         }
@@ -170,13 +180,13 @@ pub async fn run(ctx: CallContext, created: Instant) {
                 let now = Instant::now();
                 for _ in 0..MAX_QUEUED_READS {
                     let Ok((n, from)) = socket.try_recv_from(&mut recv_buf) else { break };
-                    m.handle(now, Input::Rtp { data: &recv_buf[..n], from });
+                    datagram(&mut m, &dtls_tx, now, &recv_buf[..n], from);
                 }
                 m.handle_timeout(now);
             }
             r = socket.recv_from(&mut recv_buf) => {
                 if let Ok((n, from)) = r {
-                    m.handle(Instant::now(), Input::Rtp { data: &recv_buf[..n], from });
+                    datagram(&mut m, &dtls_tx, Instant::now(), &recv_buf[..n], from);
                 }
             }
             ev = events.recv() => {
@@ -190,6 +200,7 @@ pub async fn run(ctx: CallContext, created: Instant) {
                     Some(CallEvent::CloneResolved(r)) => m.handle(now, Input::Clone(r)),
                     Some(CallEvent::Agent(ev)) => m.handle(now, Input::Agent(ev)),
                     Some(CallEvent::Refer(p)) => m.handle(now, Input::Refer(p)),
+                    Some(CallEvent::Dtls(keys)) => m.handle(now, Input::Dtls(keys)),
                 }
             }
         }
@@ -200,6 +211,40 @@ pub async fn run(ctx: CallContext, created: Instant) {
     report("sip", &format!("{key} {sip_call_id}"), &done);
     records.submit(Record::Call(Box::new(done.row)));
     let _ = commands.send(SipCommand::Finished { call: key }).await;
+}
+
+/// One datagram from the media socket: DTLS to the handshake when one runs
+/// (a full queue drops it; the peer retransmits), everything else to the machine.
+fn datagram(m: &mut CallMachine, dtls: &Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>, now: Instant, data: &[u8], from: SocketAddr) {
+    match dtls {
+        Some(tx) if crate::media::dtls::is_dtls(data) => {
+            let _ = tx.try_send((data.to_vec(), from));
+        }
+        _ => m.handle(now, Input::Rtp { data, from }),
+    }
+}
+
+/// Runs a DTLS-SRTP handshake beside the call and reports its keys; then keeps
+/// the session up (the peer may retransmit its last flight) until the call
+/// drops its end of the datagram queue.
+async fn run_dtls(
+    params: crate::media::dtls::DtlsParams,
+    socket: std::sync::Arc<UdpSocket>,
+    remote: SocketAddr,
+    rx: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    events: mpsc::Sender<CallEvent>,
+) {
+    match crate::media::dtls::handshake(params, socket, remote, rx).await {
+        Ok(done) => {
+            let _ = events.send(CallEvent::Dtls(Ok(done.keys))).await;
+            let mut buf = [0u8; 1500];
+            // Application data is not expected; this ends when the queue closes.
+            while done.session.read(&mut buf, None).await.is_ok() {}
+        }
+        Err(e) => {
+            let _ = events.send(CallEvent::Dtls(Err(e.to_string()))).await;
+        }
+    }
 }
 
 /// Starts resolving the call's voice in the background; the greeting keeps

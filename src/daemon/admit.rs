@@ -68,6 +68,7 @@ impl SipTask {
             flow.transport,
             self.settings.raw.rtp.srtp_allow_insecure_sdes,
             rng.random(),
+            crate::media::dtls::identity().ok().map(|i| i.fingerprint),
         );
         let local = admission::local_media(media_ip, rtp_port, rng.random_range(1..u32::MAX as u64), security);
         let negotiation = match admission::negotiate(&request, &local) {

@@ -232,7 +232,11 @@ fn split_keys(suite: Suite, salt: usize, m: &[u8], client: bool) -> Option<SrtpP
     let (cs, ss) = rest.split_at_checked(salt)?;
     let client_key = KeyMaterial::new(&[ck, cs].concat())?;
     let server_key = KeyMaterial::new(&[sk, ss.get(..salt)?].concat())?;
-    let (local, remote) = if client { (client_key, server_key) } else { (server_key, client_key) };
+    let (local, remote) = if client {
+        (client_key, server_key)
+    } else {
+        (server_key, client_key)
+    };
     Some(SrtpParams {
         tag: 0,
         suite,

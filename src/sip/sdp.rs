@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use bytes::Bytes;
 use thiserror::Error;
 
+use crate::media::dtls::{self, DtlsParams};
 use crate::media::g711::G711;
 use crate::media::srtp::{Crypto, KeyMaterial, MAX_KEY, Policy, SrtpParams, Suite};
 use crate::sip::message::{Rejection, Request};
@@ -42,6 +43,9 @@ pub enum SdpError {
     /// SRTP offered, but no `a=crypto` line precall can use.
     #[error("no usable a=crypto line: precall speaks AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32 and AEAD_AES_128_GCM")]
     NoCommonCrypto,
+    /// DTLS-SRTP offered without a SHA-256 `a=fingerprint`.
+    #[error("DTLS-SRTP needs an a=fingerprint:sha-256 line")]
+    NoFingerprint,
 }
 
 impl SdpError {
@@ -55,7 +59,8 @@ impl SdpError {
             | SdpError::NoCommonCodec(_)
             | SdpError::SrtpRequired(_)
             | SdpError::InsecureSdes(_)
-            | SdpError::NoCommonCrypto => 488,
+            | SdpError::NoCommonCrypto
+            | SdpError::NoFingerprint => 488,
             _ => 400,
         }
     }
@@ -79,6 +84,10 @@ impl SdpError {
             SdpError::InsecureSdes(transport) => vec![(
                 302,
                 format!("Incompatible transport protocol: SDES keys arrived over {transport}; call over SIP TLS"),
+            )],
+            SdpError::NoFingerprint => vec![(
+                302,
+                "Incompatible transport protocol: DTLS-SRTP without a=fingerprint:sha-256".into(),
             )],
             SdpError::NoCommonCrypto => vec![(
                 302,
@@ -158,6 +167,9 @@ pub struct MediaDescription {
     pub direction: Option<Direction>,
     /// `a=crypto` values (RFC 4568), first [`MAX_CRYPTO`] kept.
     pub crypto: Vec<String>,
+    /// `a=fingerprint` and `a=setup` (RFC 8122, RFC 4145), for DTLS-SRTP.
+    pub fingerprint: Option<String>,
+    pub setup: Option<String>,
 }
 
 /// `a=crypto` lines kept per stream: an offer lists a few suites; a peer
@@ -168,6 +180,11 @@ impl MediaDescription {
     /// RTP/SAVP or RTP/SAVPF (RFC 3711, RFC 5124): SRTP keyed by SDES.
     pub fn is_sdes_srtp(&self) -> bool {
         self.proto.eq_ignore_ascii_case("RTP/SAVP") || self.proto.eq_ignore_ascii_case("RTP/SAVPF")
+    }
+
+    /// UDP/TLS/RTP/SAVP(F) (RFC 5764): SRTP keyed by a DTLS handshake.
+    pub fn is_dtls_srtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVP") || self.proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVPF")
     }
 
     /// RTP/AVP or RTP/AVPF: plain RTP.
@@ -192,6 +209,8 @@ pub struct MediaSecurity {
     /// transport's name for the refusal.
     pub insecure_signalling: Option<&'static str>,
     pub key: [u8; MAX_KEY],
+    /// Our DTLS certificate's SHA-256 fingerprint; `None`: no DTLS-SRTP.
+    pub dtls_fingerprint: Option<[u8; 32]>,
 }
 
 impl Default for MediaSecurity {
@@ -200,6 +219,7 @@ impl Default for MediaSecurity {
             policy: Policy::Off,
             insecure_signalling: None,
             key: [0; MAX_KEY],
+            dtls_fingerprint: None,
         }
     }
 }
@@ -209,6 +229,9 @@ pub struct SessionDescription {
     pub connection: Option<IpAddr>,
     pub direction: Option<Direction>,
     pub media: Vec<MediaDescription>,
+    /// Session-level `a=fingerprint`/`a=setup`, for streams that name none.
+    pub fingerprint: Option<String>,
+    pub setup: Option<String>,
 }
 
 impl SessionDescription {
@@ -218,6 +241,8 @@ impl SessionDescription {
             connection: None,
             direction: None,
             media: Vec::new(),
+            fingerprint: None,
+            setup: None,
         };
         let mut saw_version = false;
         for line in text.lines() {
@@ -260,6 +285,8 @@ impl SessionDescription {
                         rtpmaps: Vec::new(),
                         direction: None,
                         crypto: Vec::new(),
+                        fingerprint: None,
+                        setup: None,
                     });
                 }
                 "a" => {
@@ -281,6 +308,15 @@ impl SessionDescription {
                         }
                         (None, Some(m)) if name == "crypto" && m.crypto.len() < MAX_CRYPTO => {
                             m.crypto.push(arg.chars().take(200).collect());
+                        }
+                        (None, m) if name == "fingerprint" || name == "setup" => {
+                            let value = Some(arg.chars().take(200).collect());
+                            match (name, m) {
+                                ("fingerprint", Some(m)) => m.fingerprint = value,
+                                ("fingerprint", None) => sd.fingerprint = value,
+                                (_, Some(m)) => m.setup = value,
+                                (_, None) => sd.setup = value,
+                            }
                         }
                         _ => {}
                     }
@@ -338,6 +374,9 @@ pub struct Negotiated {
     pub direction: Direction,
     /// SRTP keys, when the stream is RTP/SAVP(F).
     pub srtp: Option<SrtpParams>,
+    /// The DTLS handshake to run, when the stream is UDP/TLS/RTP/SAVP(F): the
+    /// SRTP keys come from it.
+    pub dtls: Option<DtlsParams>,
 }
 
 /// Our side of the session: address, RTP port, and the `o=` line's identity.
@@ -355,7 +394,11 @@ pub const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
 
 /// Answers `offer` (RFC 3264 §6): returns the negotiated audio and the answer body.
 pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotiated, String), SdpError> {
-    let (audio_index, srtp) = choose_stream(offer, &local.security)?;
+    let Chosen {
+        index: audio_index,
+        srtp,
+        dtls,
+    } = choose_stream(offer, &local.security)?;
     let audio = &offer.media[audio_index];
     let (codec, payload_type, opus) = choose_codec(audio).ok_or_else(|| SdpError::NoCommonCodec(describe_formats(audio)))?;
     let event_rate = if opus { 48000 } else { 8000 };
@@ -394,6 +437,7 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
         remote: SocketAddr::new(conn, audio.port),
         direction,
         srtp,
+        dtls,
     };
     let mut body = session_header(local);
     for (i, m) in offer.media.iter().enumerate() {
@@ -408,6 +452,16 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
                 direction,
             };
             write_audio(&mut body, &stream, srtp.map(local_crypto).as_slice());
+            if let (Some(d), Some(ours)) = (dtls, local.security.dtls_fingerprint) {
+                // RFC 5763 §5: we answer actpass as the passive side, so the
+                // caller (who may be behind NAT) opens the handshake.
+                let setup = if d.client { "active" } else { "passive" };
+                let _ = write!(
+                    body,
+                    "a=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
+                    dtls::format_fingerprint(&ours)
+                );
+            }
         } else {
             // Refuse every other stream, keeping the offer's m-line order (§6).
             let fmt = m.formats.first().map_or("0", String::as_str);
@@ -417,29 +471,27 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Negotia
     Ok((negotiated, body))
 }
 
-/// Picks the audio stream to answer under the SRTP policy: its index, and the
-/// SRTP keys when it is RTP/SAVP(F). Where an offer carries both a secure and
-/// a plain stream (best-effort SRTP), `optional` takes the secure one when its
-/// keys are usable.
-fn choose_stream(offer: &SessionDescription, security: &MediaSecurity) -> Result<(usize, Option<SrtpParams>), SdpError> {
+/// The stream an answer takes, and how it is secured.
+struct Chosen {
+    index: usize,
+    srtp: Option<SrtpParams>,
+    dtls: Option<DtlsParams>,
+}
+
+/// Picks the audio stream to answer under the SRTP policy. Where an offer
+/// carries several (best-effort SRTP: a secure stream and a plain one),
+/// `optional` takes SDES when its keys are usable, then DTLS-SRTP, then plain
+/// RTP; `required` never takes plain RTP.
+fn choose_stream(offer: &SessionDescription, security: &MediaSecurity) -> Result<Chosen, SdpError> {
     let live = |m: &MediaDescription| m.kind == "audio" && m.port != 0;
-    let plain = offer.media.iter().position(|m| live(m) && m.is_plain_rtp());
-    let secure = offer.media.iter().position(|m| live(m) && m.is_sdes_srtp());
-    let keyed = |i: usize| -> Result<(usize, Option<SrtpParams>), SdpError> {
-        if let Some(transport) = security.insecure_signalling {
-            return Err(SdpError::InsecureSdes(transport));
-        }
-        let theirs = offer.media[i].usable_crypto().ok_or(SdpError::NoCommonCrypto)?;
-        Ok((
-            i,
-            Some(SrtpParams {
-                tag: theirs.tag,
-                suite: theirs.suite,
-                local: KeyMaterial::from_random(theirs.suite, &security.key),
-                remote: theirs.key,
-            }),
-        ))
-    };
+    let find = |f: fn(&MediaDescription) -> bool| offer.media.iter().position(|m| live(m) && f(m));
+    let plain = find(MediaDescription::is_plain_rtp).map(|index| Chosen {
+        index,
+        srtp: None,
+        dtls: None,
+    });
+    let sdes = find(MediaDescription::is_sdes_srtp).map(|i| sdes_keys(offer, i, security));
+    let dtls = find(MediaDescription::is_dtls_srtp).map(|i| dtls_params(offer, i, security));
     let unusable = || {
         // Tell an SBC why: a transport mismatch it can fix by re-offering.
         match offer.media.iter().find(|m| live(m)) {
@@ -448,19 +500,69 @@ fn choose_stream(offer: &SessionDescription, security: &MediaSecurity) -> Result
         }
     };
     match security.policy {
-        Policy::Off => plain.map(|i| (i, None)).ok_or_else(unusable),
-        Policy::Optional => match (secure, plain) {
-            (Some(s), Some(p)) => keyed(s).or(Ok((p, None))),
-            (Some(s), None) => keyed(s),
-            (None, Some(p)) => Ok((p, None)),
-            (None, None) => Err(unusable()),
-        },
-        Policy::Required => match (secure, plain) {
-            (Some(s), _) => keyed(s),
-            (None, Some(p)) => Err(SdpError::SrtpRequired(offer.media[p].proto.chars().take(32).collect())),
-            (None, None) => Err(unusable()),
-        },
+        Policy::Off => plain.ok_or_else(unusable),
+        Policy::Optional | Policy::Required => {
+            let mut first_error = None;
+            for secure in [sdes, dtls].into_iter().flatten() {
+                match secure {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match (security.policy, plain, first_error) {
+                (Policy::Optional, Some(p), _) => Ok(p),
+                (_, _, Some(e)) => Err(e),
+                (Policy::Required, Some(p), None) => Err(SdpError::SrtpRequired(offer.media[p.index].proto.chars().take(32).collect())),
+                _ => Err(unusable()),
+            }
+        }
     }
+}
+
+/// An SDES stream: its first usable `a=crypto`, if keys may travel this way.
+fn sdes_keys(offer: &SessionDescription, i: usize, security: &MediaSecurity) -> Result<Chosen, SdpError> {
+    if let Some(transport) = security.insecure_signalling {
+        return Err(SdpError::InsecureSdes(transport));
+    }
+    let theirs = offer.media[i].usable_crypto().ok_or(SdpError::NoCommonCrypto)?;
+    let srtp = SrtpParams {
+        tag: theirs.tag,
+        suite: theirs.suite,
+        local: KeyMaterial::from_random(theirs.suite, &security.key),
+        remote: theirs.key,
+    };
+    Ok(Chosen {
+        index: i,
+        srtp: Some(srtp),
+        dtls: None,
+    })
+}
+
+/// A DTLS-SRTP stream: the caller's SHA-256 fingerprint and our role.
+fn dtls_params(offer: &SessionDescription, i: usize, security: &MediaSecurity) -> Result<Chosen, SdpError> {
+    let m = &offer.media[i];
+    if security.dtls_fingerprint.is_none() {
+        return Err(SdpError::NoPlainRtp(m.proto.chars().take(32).collect()));
+    }
+    let fingerprint = m
+        .fingerprint
+        .as_deref()
+        .or(offer.fingerprint.as_deref())
+        .and_then(dtls::parse_fingerprint)
+        .ok_or(SdpError::NoFingerprint)?;
+    let setup = m.setup.as_deref().or(offer.setup.as_deref()).unwrap_or("actpass");
+    // Their passive makes us the client; actpass or active makes us the server.
+    let client = setup.trim().eq_ignore_ascii_case("passive");
+    Ok(Chosen {
+        index: i,
+        srtp: None,
+        dtls: Some(DtlsParams {
+            client,
+            remote_fingerprint: fingerprint,
+        }),
+    })
 }
 
 /// Our `a=crypto` line for the negotiated keys: the offer's tag and suite,
@@ -571,6 +673,7 @@ pub fn accept_answer(answer: &SessionDescription, local: &LocalMedia, current: O
         remote: SocketAddr::new(conn, audio.port),
         direction: theirs.reverse(),
         srtp,
+        dtls: None,
     })
 }
 

@@ -115,6 +115,7 @@ fn setup(state: &TwilioState, call: &TwilioCall, agent: &ws::AgentConfig) -> Cal
             remote: nowhere,
             direction: Direction::SendRecv,
             srtp: None,
+            dtls: None,
         }),
         player: Player::new(Prompt::from_pcm_8k(Vec::new()), None),
         apology: state.apology.clone(),
@@ -186,6 +187,8 @@ async fn bridge(socket: &mut WebSocket, state: &TwilioState, call: &TwilioCall, 
                     }
                 }
                 Output::Record(r) => state.records.submit(r),
+                // A stream has no SDP, so never DTLS.
+                Output::StartDtls { .. } => {}
                 Output::ConnectAgent(conv) => {
                     if let Some(events) = ev_tx.take() {
                         let (tx, rx) = mpsc::channel(64);

@@ -85,7 +85,7 @@ impl CallMachine {
             self.player.skip();
         }
         let codec = self.negotiated.map_or(G711::Ulaw, |n| n.codec);
-        let sending = self.call.sending() && self.negotiated.is_some_and(|n| n.direction.sends());
+        let sending = self.call.sending() && self.negotiated.is_some_and(|n| n.direction.sends()) && self.dtls.is_none();
         let mut end = None;
         let burst = &mut *self.burst;
         for _ in 0..due {
@@ -135,6 +135,11 @@ impl CallMachine {
     }
 
     pub(super) fn inbound_rtp(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        if self.awaiting_keys() {
+            // Nothing is accepted in clear on a stream that will be encrypted.
+            self.ignored += 1;
+            return;
+        }
         if self.srtp.is_none() {
             return self.inbound_plain_rtp(data, from, now);
         }

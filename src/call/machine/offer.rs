@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use super::CallMachine;
+use super::{CallMachine, Output};
 use crate::call::CallInput;
+use crate::media::srtp::{SrtpParams, SrtpSession};
 use crate::sip::message::Rejection;
 use crate::sip::sdp::{self, Direction, Negotiated, SessionDescription};
 impl CallMachine {
@@ -59,6 +60,21 @@ impl CallMachine {
     /// The same keys keep their contexts, so the rollover counter and replay
     /// window survive a session refresh; new keys start afresh (RFC 4568 §7.1.4).
     pub(in crate::call) fn install_srtp(&mut self, now: Instant, n: &Negotiated) {
+        if let Some(d) = n.dtls {
+            // Keys come from a handshake; the same peer keeps the session it has.
+            if self.dtls == Some(d) || (self.dtls.is_none() && self.srtp.is_some() && self.dtls_done_for == Some(d)) {
+                return;
+            }
+            self.srtp = None;
+            self.dtls = Some(d);
+            self.outputs.push_back(Output::StartDtls {
+                params: d,
+                remote: n.remote,
+            });
+            return;
+        }
+        self.dtls = None;
+        self.dtls_done_for = None;
         let Some(params) = n.srtp else {
             self.srtp = None;
             return;
@@ -66,7 +82,11 @@ impl CallMachine {
         if self.srtp.as_ref().is_some_and(|s| s.params() == params) {
             return;
         }
-        match crate::media::srtp::SrtpSession::new(params) {
+        self.start_srtp(now, params);
+    }
+
+    fn start_srtp(&mut self, now: Instant, params: SrtpParams) {
+        match SrtpSession::new(params) {
             Ok(s) => {
                 tracing::debug!(call = %self.row.call_id, suite = params.suite.name(), "SRTP keys installed");
                 self.srtp = Some(s);
@@ -78,6 +98,29 @@ impl CallMachine {
                 self.call.handle(now, CallInput::End(super::EndReason::Error(format!("SRTP: {e}"))));
             }
         }
+    }
+
+    /// The DTLS handshake finished: media may flow, encrypted; or the call
+    /// cannot be secured and ends.
+    pub(super) fn dtls_done(&mut self, now: Instant, keys: Result<SrtpParams, String>) {
+        let Some(d) = self.dtls.take() else { return };
+        match keys {
+            Ok(params) => {
+                tracing::info!(call = %self.row.call_id, suite = params.suite.name(), "DTLS-SRTP established");
+                self.dtls_done_for = Some(d);
+                self.start_srtp(now, params);
+            }
+            Err(why) => {
+                tracing::warn!(call = %self.row.call_id, error = %why, "DTLS-SRTP failed; ending the call");
+                self.call
+                    .handle(now, CallInput::End(super::EndReason::Error(format!("DTLS: {why}"))));
+            }
+        }
+    }
+
+    /// A DTLS handshake is running: no media either way until it ends.
+    pub(super) fn awaiting_keys(&self) -> bool {
+        self.dtls.is_some()
     }
 
     /// A new SDP exchange settled the session. Learning reopens only when it

@@ -133,6 +133,7 @@ fn secure_local(policy: Policy, insecure: Option<&'static str>) -> LocalMedia {
             policy,
             insecure_signalling: insecure,
             key: [9; MAX_KEY],
+            dtls_fingerprint: Some([0xAB; 32]),
         },
         ..local()
     }
@@ -271,4 +272,49 @@ fn a_reoffer_repeats_the_srtp_session() {
     // The caller's ACK echoes its own key under the same tag.
     let echoed = accept_answer(&offer_with(&format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}")), &l, Some(&n)).unwrap();
     assert_eq!(echoed.srtp, n.srtp);
+}
+
+#[test]
+fn dtls_srtp_is_answered_passive_with_our_fingerprint() {
+    let fp = "a=fingerprint:sha-256 5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A\r\n";
+    // Over plain UDP too: no key crosses the signalling, only the fingerprint.
+    let l = secure_local(Policy::Required, Some("UDP"));
+    let (n, body) = answer(
+        &offer_with(&format!(
+            "m=audio 6000 UDP/TLS/RTP/SAVPF 0\r\n{fp}a=setup:actpass\r\na=rtcp-mux\r\n"
+        )),
+        &l,
+    )
+    .unwrap();
+    let d = n.dtls.expect("DTLS negotiated");
+    assert!(!d.client, "actpass: we are the passive (server) side");
+    assert_eq!(d.remote_fingerprint, [0x5A; 32]);
+    assert!(n.srtp.is_none(), "keys come from the handshake");
+    assert!(body.contains("m=audio 10000 UDP/TLS/RTP/SAVPF 0\r\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "a=fingerprint:sha-256 {}\r\n",
+            crate::media::dtls::format_fingerprint(&[0xAB; 32])
+        )),
+        "{body}"
+    );
+    assert!(body.contains("a=setup:passive\r\n"), "{body}");
+    // Their passive makes us active; a session-level fingerprint counts.
+    let session_level = format!(
+        "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n{fp}m=audio 6000 UDP/TLS/RTP/SAVP 0\r\na=setup:passive\r\n"
+    );
+    let (n, body) = answer(&SessionDescription::parse(session_level.as_bytes()).unwrap(), &l).unwrap();
+    assert!(n.dtls.unwrap().client);
+    assert!(body.contains("a=setup:active\r\n"), "{body}");
+    // SHA-1 only: refused, saying what is missing.
+    let e = answer(&offer_with("m=audio 6000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-1 AB:CD\r\n"), &l).unwrap_err();
+    assert_eq!(e, SdpError::NoFingerprint);
+    assert_eq!(e.status(), 488);
+    // SDES over TLS is preferred to DTLS when both are offered.
+    let both = format!("m=audio 6000 RTP/SAVP 0\r\n{CRYPTO_80}m=audio 6002 UDP/TLS/RTP/SAVP 0\r\n{fp}");
+    let (n, _) = answer(&offer_with(&both), &secure_local(Policy::Optional, None)).unwrap();
+    assert!(n.srtp.is_some() && n.dtls.is_none());
+    // ...and DTLS taken when the SDES keys came in clear.
+    let (n, _) = answer(&offer_with(&both), &secure_local(Policy::Optional, Some("UDP"))).unwrap();
+    assert!(n.dtls.is_some() && n.remote.port() == 6002);
 }
