@@ -3,6 +3,11 @@
 //!
 //!     cargo build --release && cargo run --release --example bridge_load -- --calls 100 --hold 12
 //!
+//! `--srtp true` makes every call SDES-SRTP (AES_CM_128_HMAC_SHA1_80): the
+//! callers offer RTP/SAVP over UDP signalling (the daemon is started with
+//! `rtp.srtp_allow_insecure_sdes`), encrypt what they send and decrypt what
+//! they hear, so the daemon's CPU figure includes SRTP both ways.
+//!
 //! Each caller talks in bursts (400 ms of voice every 3 s, silence between);
 //! the simulator's agent answers each turn. Measured, on one clock (the
 //! simulator and the callers share this process):
@@ -34,6 +39,7 @@ struct Args {
     calls: usize,
     hold: Duration,
     ulaw: bool,
+    srtp: bool,
     port: u16,
 }
 
@@ -43,6 +49,7 @@ fn parse_args() -> Args {
         calls: 10,
         hold: Duration::from_secs(12),
         ulaw: false,
+        srtp: false,
         port: 5090,
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +60,7 @@ fn parse_args() -> Args {
             "--calls" => a.calls = v.parse().expect("--calls N"),
             "--hold" => a.hold = Duration::from_secs_f64(v.parse().expect("--hold seconds")),
             "--ulaw" => a.ulaw = v == "true",
+            "--srtp" => a.srtp = v == "true",
             "--port" => a.port = v.parse().expect("--port"),
             other => panic!("unknown argument {other}"),
         }
@@ -73,7 +81,13 @@ fn loud(payload: &[u8]) -> bool {
     sum / payload.len().max(1) as i64 > 1000
 }
 
-async fn one_call(n: usize, target: SocketAddr, hold: Duration) -> CallResult {
+/// An SRTP context for one direction of a call (AES_CM_128_HMAC_SHA1_80).
+fn srtp_context(key: &[u8]) -> Option<webrtc_srtp::context::Context> {
+    use webrtc_srtp::protection_profile::ProtectionProfile;
+    webrtc_srtp::context::Context::new(key.get(..16)?, key.get(16..30)?, ProtectionProfile::Aes128CmHmacSha1_80, None, None).ok()
+}
+
+async fn one_call(n: usize, target: SocketAddr, hold: Duration, srtp: bool) -> CallResult {
     let mut r = CallResult {
         caller: format!("+1666{n:07}"),
         ..CallResult::default()
@@ -83,36 +97,24 @@ async fn one_call(n: usize, target: SocketAddr, hold: Duration) -> CallResult {
     let local = sip.local_addr().expect("addr");
     let rtp_port = rtp.local_addr().expect("addr").port();
     let call_id = format!("bridge-{n}-{}@127.0.0.1", std::process::id());
-    let sdp = format!("v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\n");
+    use base64::Engine as _;
+    let our_key: Vec<u8> = (0..30u8).map(|i| i.wrapping_mul(31).wrapping_add(n as u8)).collect();
+    let sdp = if srtp {
+        format!(
+            "v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(&our_key)
+        )
+    } else {
+        format!("v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\n")
+    };
     let from = format!("<sip:{}@{local}>;tag=f{n}", r.caller);
     let invite = format!(
         "INVITE sip:+15550001111@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-b{n};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: <sip:+15550001111@{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:load@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         sdp.len()
     );
-    let rx = {
-        let rtp = rtp.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let mut onsets = Vec::new();
-            let mut was_loud = false;
-            let mut source = None;
-            let end = Instant::now() + hold + Duration::from_secs(1);
-            while let Ok(Ok((n, src))) = tokio::time::timeout_at(end.into(), rtp.recv_from(&mut buf)).await {
-                source.get_or_insert(src);
-                if n > 12 {
-                    let l = loud(&buf[12..n]);
-                    if l && !was_loud {
-                        onsets.push(Instant::now());
-                    }
-                    was_loud = l;
-                }
-            }
-            onsets
-        })
-    };
     sip.send_to(invite.as_bytes(), target).await.expect("send INVITE");
     let mut buf = vec![0u8; 65536];
-    let (to_tag, media_port) = loop {
+    let (to_tag, media_port, their_key) = loop {
         let Ok(Ok((len, _))) = tokio::time::timeout(Duration::from_secs(5), sip.recv_from(&mut buf)).await else {
             return r;
         };
@@ -130,7 +132,11 @@ async fn one_call(n: usize, target: SocketAddr, hold: Duration) -> CallResult {
                 .and_then(|l| l.split(' ').next())
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
-            break (tag, port);
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"))
+                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.trim()).ok());
+            break (tag, port, key);
         }
         if text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1") {
             return r;
@@ -141,7 +147,37 @@ async fn one_call(n: usize, target: SocketAddr, hold: Duration) -> CallResult {
             "{method} sip:precall@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{method}{n}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: <sip:+15550001111@{target}>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
         )
     };
+    let rx = {
+        let rtp = rtp.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut decrypt = their_key.as_deref().and_then(srtp_context);
+            let mut onsets = Vec::new();
+            let mut was_loud = false;
+            let mut source = None;
+            let end = Instant::now() + hold + Duration::from_secs(1);
+            while let Ok(Ok((n, src))) = tokio::time::timeout_at(end.into(), rtp.recv_from(&mut buf)).await {
+                source.get_or_insert(src);
+                let plain = match decrypt.as_mut() {
+                    Some(ctx) => match ctx.decrypt_rtp(&buf[..n]) {
+                        Ok(p) => p.to_vec(),
+                        Err(_) => continue,
+                    },
+                    None => buf[..n].to_vec(),
+                };
+                if plain.len() > 12 {
+                    let l = loud(&plain[12..]);
+                    if l && !was_loud {
+                        onsets.push(Instant::now());
+                    }
+                    was_loud = l;
+                }
+            }
+            onsets
+        })
+    };
     sip.send_to(dialog("ACK", 1).as_bytes(), target).await.expect("send ACK");
+    let mut encrypt = if srtp { srtp_context(&our_key) } else { None };
     let dest = SocketAddr::from(([127, 0, 0, 1], media_port));
     let start = Instant::now();
     let talk_until = start + hold;
@@ -178,7 +214,16 @@ async fn one_call(n: usize, target: SocketAddr, hold: Duration) -> CallResult {
         }
         pkt[2..4].copy_from_slice(&seq.to_be_bytes());
         pkt[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        let _ = rtp.send_to(&pkt, dest).await;
+        match encrypt.as_mut() {
+            Some(ctx) => {
+                if let Ok(p) = ctx.encrypt_rtp(&pkt) {
+                    let _ = rtp.send_to(&p, dest).await;
+                }
+            }
+            None => {
+                let _ = rtp.send_to(&pkt, dest).await;
+            }
+        }
         seq = seq.wrapping_add(1);
         next += Duration::from_millis(20);
         tokio::time::sleep_until(next.into()).await;
@@ -221,6 +266,7 @@ fn spawn_daemon(a: &Args, sim: &Simulator, dir: &std::path::Path) -> Child {
         .env("PRECALL_RTP__PORT_MIN", "40000")
         .env("PRECALL_RTP__PORT_MAX", "49998")
         .env("PRECALL_LIMITS__MAX_CALLS", "2000")
+        .env("PRECALL_RTP__SRTP_ALLOW_INSECURE_SDES", if a.srtp { "true" } else { "false" })
         .env(
             "PRECALL_LOG__LEVEL",
             std::env::var("BRIDGE_LOAD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -262,8 +308,8 @@ async fn main() {
     // Calls start over one second; CPU is measured over the window where all are live.
     let mut tasks = Vec::new();
     for n in 0..a.calls {
-        let hold = a.hold;
-        tasks.push(tokio::spawn(async move { one_call(n, target, hold).await }));
+        let (hold, srtp) = (a.hold, a.srtp);
+        tasks.push(tokio::spawn(async move { one_call(n, target, hold, srtp).await }));
         tokio::time::sleep(Duration::from_secs(1) / a.calls as u32).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -323,7 +369,14 @@ async fn main() {
     let _ = daemon.kill();
     let _ = daemon.wait();
     let ok = results.iter().filter(|r| r.ok).count();
-    println!("calls={} ok={} agent_format={} conversations={}", a.calls, ok, format, convs.len());
+    println!(
+        "calls={} ok={} agent_format={} srtp={} conversations={}",
+        a.calls,
+        ok,
+        format,
+        a.srtp,
+        convs.len()
+    );
     println!(
         "caller_to_agent_ms p50={:.1} p99={:.1} n={}",
         pct(&mut up, 0.5) as f64 / 1000.0,

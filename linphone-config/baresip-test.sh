@@ -10,6 +10,8 @@
 # (baresip's srtp module, `mediaenc=srtp-mand`, so RTP/SAVP), against precall
 # with `rtp.srtp = "required"`; precall must log the suite and no
 # authentication failures, and baresip must still hear the greeting.
+# BARESIP_MODE=dtls does the same with DTLS-SRTP (baresip's dtls_srtp module)
+# over UDP signalling.
 # Why not linphonec: Debian's linphone-cli needs a sound card or PulseAudio to
 # start a call and has no file-based audio device, so it cannot run headless in
 # CI; see linphone-config/README.md.
@@ -43,6 +45,12 @@ if [ "$MODE" = tls-sdes ]; then
   ACCOUNT_EXTRA=";mediaenc=srtp-mand"
   TLS_CONFIG="sip_cafile $WORK/ca.crt
 module srtp.so"
+elif [ "$MODE" = dtls ]; then
+  # DTLS-SRTP (baresip's dtls_srtp module: UDP/TLS/RTP/SAVP, a=fingerprint,
+  # a=setup:actpass) over plain UDP signalling: no key crosses the SDP.
+  export PRECALL_RTP__SRTP=required
+  ACCOUNT_EXTRA=";mediaenc=dtls_srtp"
+  TLS_CONFIG="module dtls_srtp.so"
 fi
 echo "baresip test: $MODE"
 
@@ -84,7 +92,7 @@ LINE=$(grep 'call ended' "$PLOG" | tail -1 || true)
 echo "precall: $LINE"
 case $LINE in *reason=caller_bye*) ;; *) echo "FAIL: no call ended by baresip's BYE"; FAILED=1 ;; esac
 IN=$(printf '%s' "$LINE" | sed -E 's/.*rtp_in_packets=([0-9]+).*/\1/')
-if [ "$MODE" = tls-sdes ]; then
+if [ "$MODE" != plain ]; then
   case $LINE in *srtp=AES_CM_128_HMAC_SHA1_80*|*srtp=AES_CM_128_HMAC_SHA1_32*|*srtp=AEAD_AES_128_GCM*) ;;
     *) echo "FAIL: the call was not SRTP"; FAILED=1 ;; esac
   case $LINE in *srtp_auth_failures=0*) ;; *) echo "FAIL: SRTP packets failed authentication"; FAILED=1 ;; esac

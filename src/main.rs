@@ -363,7 +363,7 @@ fn reload(file: &Option<PathBuf>, handle: &server::ServerHandle, log: &LogReload
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "reload: keeping the current TLS certificate"),
             }
-            match EnvFilter::try_new(&settings.raw.log.level) {
+            match EnvFilter::try_new(log_directives(&settings.raw.log.level)) {
                 Ok(f) => {
                     if log.reload(f).is_ok() {
                         tracing::info!(level = %settings.raw.log.level, "log level reloaded");
@@ -375,6 +375,17 @@ fn reload(file: &Option<PathBuf>, handle: &server::ServerHandle, log: &LogReload
         Err(e) => tracing::error!(error = %e, "reload: invalid settings, nothing changed"),
     }
     precall::systemd::ready("reloaded");
+}
+
+/// `log.level`, with the DTLS library's per-packet warnings (unknown
+/// ClientHello extensions, which every modern client sends) kept out of the
+/// journal unless the operator names the crate.
+fn log_directives(level: &str) -> String {
+    if level.contains("webrtc_dtls") {
+        level.to_owned()
+    } else {
+        format!("{level},webrtc_dtls=error")
+    }
 }
 
 type LogReload = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -390,7 +401,7 @@ fn init_logging_default() {
 fn init_logging(settings: &Settings) -> LogReload {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&settings.raw.log.level));
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(log_directives(&settings.raw.log.level)));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
