@@ -159,5 +159,54 @@ fn bridge(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codecs, rtp, sip, bridge);
+/// SRTP per 20 ms G.711 packet, each suite, both directions: what an
+/// encrypted call adds to the media path (docs/PERFORMANCE.md).
+fn srtp(c: &mut Criterion) {
+    use precall::media::srtp::{KeyMaterial, MAX_KEY, SrtpParams, SrtpSession, Suite};
+    for suite in Suite::ALL {
+        let key = KeyMaterial::from_random(suite, &[5; MAX_KEY]);
+        let params = SrtpParams {
+            tag: 1,
+            suite,
+            local: key,
+            remote: key,
+        };
+        let mut tx = SrtpSession::new(params).expect("session");
+        let mut buf = [0u8; 256];
+        buf[0] = 0x80;
+        let mut seq = 0u16;
+        c.bench_function(&format!("srtp protect 20 ms PCMU ({})", suite.name()), |b| {
+            b.iter(|| {
+                seq = seq.wrapping_add(1);
+                buf[2..4].copy_from_slice(&seq.to_be_bytes());
+                black_box(tx.protect_rtp(&mut buf, 172).expect("protect"))
+            })
+        });
+        // A stream of protected packets to decrypt in order.
+        let mut sender = SrtpSession::new(params).expect("session");
+        let packets: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| {
+                let mut p = [0u8; 256];
+                p[0] = 0x80;
+                p[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+                let n = sender.protect_rtp(&mut p, 172).expect("protect");
+                p[..n].to_vec()
+            })
+            .collect();
+        let mut out = [0u8; 2048];
+        c.bench_function(&format!("srtp unprotect 20 ms PCMU ({})", suite.name()), |b| {
+            b.iter_batched(
+                || SrtpSession::new(params).expect("session"),
+                |mut rx| {
+                    for p in packets.iter().take(100) {
+                        black_box(rx.unprotect_rtp(p, &mut out).expect("authentic"));
+                    }
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, codecs, rtp, sip, bridge, srtp);
 criterion_main!(benches);
