@@ -263,6 +263,10 @@ fn spawn_daemon(a: &Args, sim: &Simulator, dir: &std::path::Path) -> Child {
         .env("PRECALL_HTTP__LISTEN", "127.0.0.1:0")
         .env("PRECALL_SIP__INVITE_RATE", "100000")
         .env("PRECALL_SIP__INVITE_BURST", "100000")
+        // Every caller shares 127.0.0.1, like calls from one trunk: trusted, so
+        // the per-source request budget (meant for strangers) does not drop
+        // the 500 BYEs that arrive in the same instant.
+        .env("PRECALL_SIP__TRUSTED_CIDRS", "127.0.0.1/32")
         .env("PRECALL_RTP__PORT_MIN", "40000")
         .env("PRECALL_RTP__PORT_MAX", "49998")
         .env("PRECALL_LIMITS__MAX_CALLS", "2000")
