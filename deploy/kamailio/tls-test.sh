@@ -4,7 +4,10 @@
 # dispatches round robin to the nodes over UDP. Two baresip calls with
 # SDES-SRTP (mediaenc=srtp-mand) go through it: each node takes one, both are
 # encrypted end to end (Kamailio relays signalling only), and baresip hears
-# the greeting. Needs kamailio with kamailio-tls-modules, baresip, sox, openssl.
+# the greeting. Then a third node registers over TLS to a second Kamailio
+# acting as registrar (registrar/usrloc over its tls listener): precall checks
+# the registrar's certificate against the test CA and must reach Registered.
+# Needs kamailio with kamailio-tls-modules, baresip, sox, openssl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -68,5 +71,61 @@ for node in a b; do
   echo "== node $node"
   check_call "$(grep 'call ended' "$LOGS/node-$node.log" | tail -1 || true)" 1 || FAILED=1
 done
+
+echo "== a registration over TLS to Kamailio as registrar"
+cat >"$WORK/registrar.cfg" <<CFG
+#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=2
+enable_tls=yes
+listen=tls:127.0.0.1:5183
+auto_aliases=no
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "textops.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "tls.so"
+modparam("tls", "config", "$WORK/tls.cfg")
+request_route {
+    if (is_method("REGISTER")) {
+        xlog("L_INFO", "REGISTER \$fu over \$pr, Contact \$ct\n");
+        if (!save("location")) { sl_reply_error(); }
+        exit;
+    }
+    sl_send_reply("404", "Not here");
+}
+CFG
+kamailio -DD -E -f "$WORK/registrar.cfg" -L "$KMOD" >"$LOGS/registrar.log" 2>&1 &
+PIDS+=($!)
+sleep 1
+cat >"$WORK/node-c.toml" <<TOML
+[sip]
+listen = "127.0.0.1:5174"
+tls_ca_file = "$WORK/ca.crt"
+
+[[sip.registrations]]
+registrar = "sip:localhost:5183"
+aor = "sip:4000@localhost"
+username = "4000"
+password = "not-challenged"
+expires = 120
+transport = "tls"
+TOML
+PRECALL_NODE__ID=c PRECALL_HTTP__LISTEN= PRECALL_RTP__PORT_MIN=34400 PRECALL_RTP__PORT_MAX=34498 \
+  PRECALL_DATA__DIR="$WORK/data-c" PRECALL_LOG__LEVEL=info NO_COLOR=1 "$BIN" serve --config "$WORK/node-c.toml" >"$LOGS/node-c.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 50); do grep -q "state=Registered" "$LOGS/node-c.log" && break; sleep 0.1; done
+if grep -q "state=Registered" "$LOGS/node-c.log" && grep -q "REGISTER sip:4000@localhost over tls" "$LOGS/registrar.log"; then
+  grep "state=Registered" "$LOGS/node-c.log" | head -1 | sed 's/^/   /'
+else
+  echo "FAIL: node c did not register over TLS"; tail -5 "$LOGS/node-c.log"; tail -5 "$LOGS/registrar.log"; FAILED=1
+fi
 if [ "$FAILED" -ne 0 ]; then echo "--- kamailio"; tail -30 "$LOGS/kamailio.log"; echo "kamailio TLS test FAILED"; exit 1; fi
 echo "kamailio TLS test passed"

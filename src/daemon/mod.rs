@@ -493,7 +493,7 @@ impl SipTask {
                     Inbound::Connected { owner, id } => { self.reg_conns.insert(owner, id); }
                     Inbound::ConnectFailed { owner, error } => {
                         let aor = self.registrations.get(owner).map(|r| r.aor().to_owned()).unwrap_or_default();
-                        tracing::warn!(%aor, %error, "cannot open the TCP connection to the registrar");
+                        tracing::warn!(%aor, %error, "cannot open the connection to the registrar (TCP or TLS)");
                     }
                 },
                 Some(cmd) = commands.recv() => self.command(cmd),
