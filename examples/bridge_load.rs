@@ -32,7 +32,7 @@ use tokio::net::UdpSocket;
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{cpu_ticks, pct};
+use measure::{cpu_ticks, fds, pct, rss_kib};
 
 struct Args {
     bin: String,
@@ -40,6 +40,9 @@ struct Args {
     hold: Duration,
     ulaw: bool,
     srtp: bool,
+    /// Bridge to the agent; `false` keeps every call on the greeting (the
+    /// greeting-phase cost).
+    agent: bool,
     port: u16,
 }
 
@@ -50,6 +53,7 @@ fn parse_args() -> Args {
         hold: Duration::from_secs(12),
         ulaw: false,
         srtp: false,
+        agent: true,
         port: 5090,
     };
     let mut it = std::env::args().skip(1);
@@ -61,6 +65,7 @@ fn parse_args() -> Args {
             "--hold" => a.hold = Duration::from_secs_f64(v.parse().expect("--hold seconds")),
             "--ulaw" => a.ulaw = v == "true",
             "--srtp" => a.srtp = v == "true",
+            "--agent" => a.agent = v != "false",
             "--port" => a.port = v.parse().expect("--port"),
             other => panic!("unknown argument {other}"),
         }
@@ -279,7 +284,7 @@ fn spawn_daemon(a: &Args, sim: &Simulator, dir: &std::path::Path) -> Child {
         .env("PRECALL_GREETING__FILE", &greeting)
         .env("ELEVENLABS_API_KEY", "bench-key")
         .env("PRECALL_ELEVENLABS__BASE_URL", sim.base_url())
-        .env("ELEVENLABS_AGENT_ID", "sim-agent")
+        .env("ELEVENLABS_AGENT_ID", if a.agent { "sim-agent" } else { "" })
         .stdout(if std::env::var_os("BRIDGE_LOAD_LOG").is_some() {
             Stdio::inherit()
         } else {
@@ -309,6 +314,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let target: SocketAddr = format!("127.0.0.1:{}", a.port).parse().expect("addr");
 
+    let (rss0, fds0) = (rss_kib(daemon.id()), fds(daemon.id()));
     // Calls start over one second; CPU is measured over the window where all are live.
     let mut tasks = Vec::new();
     for n in 0..a.calls {
@@ -321,6 +327,7 @@ async fn main() {
     let cpu0 = cpu_ticks(daemon.id());
     tokio::time::sleep(window).await;
     let cpu = cpu0.zip(cpu_ticks(daemon.id())).map(|(c0, c1)| (c1 - c0) as f64 / 100.0);
+    let (rss_live, fds_live) = (rss_kib(daemon.id()), fds(daemon.id()));
 
     let mut results = Vec::new();
     for t in tasks {
@@ -370,13 +377,17 @@ async fn main() {
             }
         }
     }
+    // After every call ended: what the daemon gave back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_after, fds_after) = (rss_kib(daemon.id()), fds(daemon.id()));
     let _ = daemon.kill();
     let _ = daemon.wait();
     let ok = results.iter().filter(|r| r.ok).count();
     println!(
-        "calls={} ok={} agent_format={} srtp={} conversations={}",
+        "calls={} ok={} agent={} agent_format={} srtp={} conversations={}",
         a.calls,
         ok,
+        a.agent,
         format,
         a.srtp,
         convs.len()
@@ -402,7 +413,19 @@ async fn main() {
             pct_core / a.calls as f64
         );
     }
-    if ok != a.calls || up.is_empty() || down.is_empty() {
+    if let (Some(r0), Some(r1), Some(r2)) = (rss0, rss_live, rss_after) {
+        println!(
+            "daemon_rss_mib base={:.1} live={:.1} after={:.1} per_live_call_kib={:.0}",
+            r0 as f64 / 1024.0,
+            r1 as f64 / 1024.0,
+            r2 as f64 / 1024.0,
+            r1.saturating_sub(r0) as f64 / a.calls.max(1) as f64
+        );
+    }
+    if let (Some(f0), Some(f1), Some(f2)) = (fds0, fds_live, fds_after) {
+        println!("daemon_fds base={f0} live={f1} after={f2}");
+    }
+    if ok != a.calls || (a.agent && (up.is_empty() || down.is_empty())) {
         std::process::exit(1);
     }
 }

@@ -220,6 +220,9 @@ async fn main() {
     let mut first: Vec<u64> = results.iter().map(|r| r.first_rtp_after_ack_us).collect();
     let mut devs: Vec<u64> = results.iter().flat_map(|r| r.gap_dev_us.iter().map(|d| u64::from(*d))).collect();
     let packets: u64 = results.iter().map(|r| r.packets).sum();
+    // A packet is late when it arrives a whole frame (20 ms) or more off its
+    // 20 ms gap: a caller's jitter buffer would have played silence for it.
+    let late = devs.iter().filter(|d| **d >= 20_000).count();
     println!(
         "calls={} ok={} failed={} rate={}/s hold={:?} peak_concurrent~{:.0}",
         a.calls,
@@ -242,11 +245,13 @@ async fn main() {
         pct(&mut first, 1.0)
     );
     println!(
-        "rtp_gap_deviation_us p50={} p99={} max={} packets={}",
+        "rtp_gap_deviation_us p50={} p99={} max={} packets={} late={} ({:.3} %)",
         pct(&mut devs, 0.5),
         pct(&mut devs, 0.99),
         pct(&mut devs, 1.0),
-        packets
+        packets,
+        late,
+        100.0 * late as f64 / devs.len().max(1) as f64
     );
     if let Some(cpu) = cpu {
         println!(
