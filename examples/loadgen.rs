@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 
 #[path = "support/measure.rs"]
 mod measure;
-use measure::{cpu_ticks, pct};
+use measure::{cpu_ticks, fds, pct, rss_kib};
 
 struct Args {
     target: SocketAddr,
@@ -192,6 +192,7 @@ async fn peek_source(sock: &UdpSocket) -> Option<SocketAddr> {
 async fn main() {
     let a = std::sync::Arc::new(parse_args());
     let cpu0 = a.pid.and_then(cpu_ticks);
+    let base = a.pid.and_then(|p| rss_kib(p).zip(fds(p)));
     let wall0 = Instant::now();
     let mut tasks = Vec::with_capacity(a.calls);
     let gap = Duration::from_secs_f64(1.0 / a.rate);
@@ -202,6 +203,8 @@ async fn main() {
         let a = a.clone();
         tasks.push(tokio::spawn(async move { one_call(n, &a).await }));
     }
+    // Every call has started; most are live (the peak for hold ≥ calls/rate).
+    let peak = a.pid.and_then(|p| rss_kib(p).zip(fds(p)));
     let mut results = Vec::with_capacity(a.calls);
     for t in tasks {
         results.push(t.await.unwrap_or_default());
@@ -258,6 +261,13 @@ async fn main() {
             "daemon_cpu_seconds={cpu:.2} over {:.1}s wall = {:.1}% of one core",
             wall.as_secs_f64(),
             100.0 * cpu / wall.as_secs_f64()
+        );
+    }
+    if let (Some((r0, f0)), Some((r1, f1))) = (base, peak) {
+        println!(
+            "daemon_rss_mib base={:.1} at_last_start={:.1} (fds {f0} -> {f1})",
+            r0 as f64 / 1024.0,
+            r1 as f64 / 1024.0
         );
     }
     if ok != a.calls {
