@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
 
 use super::EndReason;
 use crate::elevenlabs::agent::{AudioFormat, ClientMessage};
@@ -81,7 +82,10 @@ pub struct AgentLink {
     hand_off: Option<HandOff>,
     transcript: String,
     chunk: Vec<u8>,
-    encoded: String,
+    /// The upstream JSON is written here and split off per message; once the
+    /// WebSocket task has written a message and dropped it, the next reserve
+    /// takes the same memory back, so steady state allocates nothing.
+    encoded: BytesMut,
     /// Caller audio not sent because the WebSocket could not keep up.
     pub dropped_chunks: u64,
     silence: [u8; FRAME_SAMPLES],
@@ -115,7 +119,7 @@ impl AgentLink {
             hand_off: None,
             transcript: String::new(),
             chunk: Vec::with_capacity(2048),
-            encoded: String::with_capacity(4096),
+            encoded: BytesMut::with_capacity(4096),
             dropped_chunks: 0,
             silence: [codec.silence(); FRAME_SAMPLES],
         }
@@ -185,7 +189,7 @@ impl AgentLink {
         if self.outbox.len() >= MAX_OUTBOX {
             self.dropped_chunks += 1;
         } else {
-            self.outbox.push_back(AgentCommand::Text(json));
+            self.outbox.push_back(AgentCommand::Text(Bytes::from(json)));
         }
     }
 
@@ -345,7 +349,7 @@ const SILENCE_SLACK: u64 = 5;
 struct Upstream<'a> {
     bridge: &'a mut Option<Bridge>,
     chunk: &'a mut Vec<u8>,
-    encoded: &'a mut String,
+    encoded: &'a mut BytesMut,
     outbox: &'a mut VecDeque<AgentCommand>,
     dropped: &'a mut u64,
     frames_up: &'a mut u64,
@@ -361,14 +365,26 @@ impl Upstream<'_> {
         if self.chunk.is_empty() {
             return; // the resampler is still priming
         }
-        self.encoded.clear();
-        self.encoded.push_str("{\"user_audio_chunk\":\"");
-        base64::engine::general_purpose::STANDARD.encode_string(&*self.chunk, self.encoded);
-        self.encoded.push_str("\"}");
         if self.outbox.len() >= MAX_OUTBOX {
             *self.dropped += 1;
-        } else {
-            self.outbox.push_back(AgentCommand::Text(self.encoded.clone()));
+            return;
         }
+        const HEAD: &[u8] = b"{\"user_audio_chunk\":\"";
+        const TAIL: &[u8] = b"\"}";
+        let b64 = base64::encoded_len(self.chunk.len(), true).unwrap_or(0);
+        self.encoded.clear();
+        self.encoded.reserve(HEAD.len() + b64 + TAIL.len());
+        self.encoded.extend_from_slice(HEAD);
+        let at = self.encoded.len();
+        self.encoded.resize(at + b64, 0);
+        if base64::engine::general_purpose::STANDARD
+            .encode_slice(&*self.chunk, &mut self.encoded[at..])
+            .is_err()
+        {
+            self.encoded.clear();
+            return;
+        }
+        self.encoded.extend_from_slice(TAIL);
+        self.outbox.push_back(AgentCommand::Text(self.encoded.split().freeze()));
     }
 }

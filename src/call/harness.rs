@@ -398,6 +398,7 @@ impl Harness {
                     self.sip.push((now, cmd));
                 }
                 Output::Agent(AgentCommand::Text(json)) => {
+                    let json = String::from_utf8(json.to_vec()).expect("UTF-8 JSON");
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
                         && let Some(b64) = v["user_audio_chunk"].as_str()
                     {

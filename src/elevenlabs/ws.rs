@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::agent::{AudioFormat, ClientMessage, Initiation, ServerMessage};
 use super::rest::Client;
@@ -116,8 +116,9 @@ pub enum AgentEvent {
 /// What the call task sends.
 #[derive(Debug)]
 pub enum AgentCommand {
-    /// A serialized [`ClientMessage`].
-    Text(String),
+    /// A serialized [`ClientMessage`] (UTF-8 JSON; shared bytes, so the caller
+    /// can reuse its buffer once the message is written).
+    Text(bytes::Bytes),
     /// End the conversation (code 1000).
     Close,
 }
@@ -194,7 +195,7 @@ where
     // tokio-tungstenite panics on wss:// without a process-wide rustls provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let deadline = Instant::now() + config.connect_timeout;
-    let url = url(config, deadline).await?;
+    let url = Box::pin(url(config, deadline)).await?;
     // 20 ms audio chunks must not wait for Nagle's algorithm (measured: +40 ms).
     // The agent's largest message is a few seconds of audio; a peer cannot make
     // us buffer the library's default of 64 MiB per message.
@@ -208,7 +209,9 @@ where
         .max_frame_size(Some(MAX_AGENT_MESSAGE))
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0);
-    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(limits), true);
+    // Boxed: the connect (DNS, TCP, TLS and HTTP handshakes) is a large future,
+    // and inline it would make this task that large for the whole call.
+    let connect = Box::pin(tokio_tungstenite::connect_async_with_config(url.as_str(), Some(limits), true));
     let (ws, _) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), connect)
         .await
         .map_err(|_| lost("connect timed out"))?
@@ -317,7 +320,10 @@ where
                 }
             }
             cmd = commands.recv() => match cmd {
-                Some(AgentCommand::Text(t)) => tx.send(Message::text(t)).await.map_err(|e| lost(format!("send: {e}")))?,
+                Some(AgentCommand::Text(t)) => match Utf8Bytes::try_from(t) {
+                    Ok(t) => tx.send(Message::Text(t)).await.map_err(|e| lost(format!("send: {e}")))?,
+                    Err(_) => tracing::warn!(call = %conv.call_id, "a message for the agent that is not UTF-8 was not sent"),
+                },
                 Some(AgentCommand::Close) | None => {
                     let _ = tx.send(Message::Close(Some(close_frame(CloseCode::Normal, "call ended")))).await;
                     return Ok(());

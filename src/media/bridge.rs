@@ -37,6 +37,15 @@ pub struct BridgeStats {
     pub interruptions: u64,
 }
 
+/// Agent audio is converted this many samples at a time, so the working
+/// buffers stay this small whatever size of chunk the agent sends.
+const AGENT_SLICE: usize = 480;
+/// The highest agent rate over 8 kHz (48 kHz): one caller frame's resampled size.
+const MAX_RATE_FACTOR: usize = 6;
+/// The playout queue's size between turns (200 ms), and its growth step (250 ms).
+const QUEUE_RESTING: usize = FRAME_SAMPLES * 10;
+const QUEUE_STEP: usize = 2000;
+
 pub struct Bridge {
     codec: G711,
     input: AudioFormat,
@@ -78,14 +87,16 @@ impl Bridge {
             output,
             up: StreamResampler::new(8000, input.rate())?,
             down: StreamResampler::new(output.rate(), 8000)?,
-            queue: VecDeque::with_capacity(8000),
+            // Grows with what the agent sends ahead of playback (bounded by
+            // `max_queue`); most calls never hold more than a few hundred ms.
+            queue: VecDeque::with_capacity(QUEUE_RESTING),
             max_queue: 8000 * max_queue_seconds.max(1) as usize,
             interrupted_through: None,
             turn: None,
             partial_waits: 0,
             frame: [codec.silence(); FRAME_SAMPLES],
-            pcm: Vec::with_capacity(4096),
-            resampled: Vec::with_capacity(8192),
+            pcm: Vec::with_capacity(AGENT_SLICE),
+            resampled: Vec::with_capacity(AGENT_SLICE.max(FRAME_SAMPLES * MAX_RATE_FACTOR)),
             stats: BridgeStats::default(),
         })
     }
@@ -145,27 +156,53 @@ impl Bridge {
                 let take = audio.len().min(room);
                 self.stats.overflow_bytes += (audio.len() - take) as u64;
                 match self.codec {
-                    G711::Ulaw => self.queue.extend(&audio[..take]),
-                    G711::Alaw => self
-                        .queue
-                        .extend(audio[..take].iter().map(|&u| g711::alaw_encode(g711::ulaw_to_linear(u)))),
+                    G711::Ulaw => {
+                        self.make_room(take);
+                        self.queue.extend(&audio[..take])
+                    }
+                    G711::Alaw => {
+                        self.make_room(take);
+                        self.queue
+                            .extend(audio[..take].iter().map(|&u| g711::alaw_encode(g711::ulaw_to_linear(u))))
+                    }
                 }
             }
             AudioFormat::Pcm(_) => {
-                self.pcm.clear();
-                self.pcm.extend(audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
-                self.resampled.clear();
-                self.down.push(&self.pcm, &mut self.resampled);
-                let take = self.resampled.len().min(room);
-                self.stats.overflow_bytes += (self.resampled.len() - take) as u64;
                 let codec = self.codec;
-                self.queue.extend(self.resampled[..take].iter().map(|&s| match codec {
-                    G711::Ulaw => g711::ulaw_encode(s),
-                    G711::Alaw => g711::alaw_encode(s),
-                }));
+                for slice in audio.chunks(AGENT_SLICE * 2) {
+                    self.pcm.clear();
+                    self.pcm.extend(slice.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+                    self.resampled.clear();
+                    self.down.push(&self.pcm, &mut self.resampled);
+                    let room = self.max_queue.saturating_sub(self.queue.len());
+                    let take = self.resampled.len().min(room);
+                    self.stats.overflow_bytes += (self.resampled.len() - take) as u64;
+                    self.make_room(take);
+                    self.queue.extend(self.resampled[..take].iter().map(|&s| match codec {
+                        G711::Ulaw => g711::ulaw_encode(s),
+                        G711::Alaw => g711::alaw_encode(s),
+                    }));
+                }
             }
         }
         true
+    }
+
+    /// Grows the queue in quarter-second steps rather than by doubling (a
+    /// 2 s turn would otherwise hold 25.6 KB for 16 KB of audio).
+    fn make_room(&mut self, n: usize) {
+        let need = self.queue.len() + n;
+        if need > self.queue.capacity() {
+            let target = need.next_multiple_of(QUEUE_STEP).min(self.max_queue.max(need));
+            self.queue.reserve_exact(target - self.queue.len());
+        }
+    }
+
+    /// Gives back what a long turn grew once the queue has drained.
+    fn settle(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_RESTING * 2 {
+            self.queue.shrink_to(QUEUE_RESTING);
+        }
     }
 
     fn end_turn(&mut self) {
@@ -174,6 +211,7 @@ impl Bridge {
         let room = self.max_queue.saturating_sub(self.queue.len());
         let take = self.resampled.len().min(room);
         let codec = self.codec;
+        self.make_room(take);
         self.queue.extend(self.resampled[..take].iter().map(|&s| match codec {
             G711::Ulaw => g711::ulaw_encode(s),
             G711::Alaw => g711::alaw_encode(s),
@@ -188,6 +226,7 @@ impl Bridge {
         self.down.finish(&mut self.resampled); // discarded: the interrupted turn must not play
         self.turn = None;
         self.queue.clear();
+        self.settle();
         self.partial_waits = 0;
         self.interrupted_through = Some(self.interrupted_through.map_or(event_id, |n| n.max(event_id)));
     }
@@ -207,6 +246,7 @@ impl Bridge {
         }
         self.stats.frames_from_agent += self.queue.len().div_ceil(FRAME_SAMPLES) as u64;
         out.extend(self.queue.drain(..));
+        self.settle();
     }
 
     /// The next 20 ms frame of agent audio for the media clock, or `None` when
@@ -233,6 +273,7 @@ impl Bridge {
             *slot = byte;
         }
         self.frame[take..].fill(self.codec.silence());
+        self.settle();
         self.stats.frames_from_agent += 1;
         Some(&self.frame)
     }

@@ -22,7 +22,7 @@ impl CallMachine {
         if self.agent.is_some() {
             return;
         }
-        self.agent = Some(AgentLink::new(n.codec, plan.max_queue_seconds));
+        self.agent = Some(Box::new(AgentLink::new(n.codec, plan.max_queue_seconds)));
         self.outputs.push_back(Output::ConnectAgent(Conversation {
             call_id: self.row.call_id.clone(),
             caller: self.row.caller.clone(),

@@ -124,7 +124,7 @@ impl CallMachine {
             burst.queued += 1;
         }
         self.drain_agent();
-        if let Some(gap_ms) = self.agent.as_ref().and_then(AgentLink::hand_off).map(|h| h.gap_ms)
+        if let Some(gap_ms) = self.agent.as_deref().and_then(AgentLink::hand_off).map(|h| h.gap_ms)
             && self.row.bridged_at.is_none()
         {
             self.record_hand_off(now, gap_ms);
