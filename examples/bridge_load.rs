@@ -16,9 +16,9 @@
 //!   frame reaches the caller;
 //! - the daemon's CPU time from /proc, per bridged call.
 //!
-//! The figures include the bridge's designed buffering: the jitter buffer's
-//! depth (2 frames) and the resampler's 20 ms chunk going up, and the wait for
-//! the next media-clock tick (0–20 ms) coming down.
+//! Caller audio is forwarded as it arrives and an agent turn starts at once,
+//! so the figures are the bridge's own processing and IO; the resampler's
+//! filter delay (about 2 ms at 16 kHz) is in the audio, not in these times.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -141,6 +141,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("precall_live_calls", "protocol" => "sip").set(ctx.stats.live_calls.load(Ordering::Relaxed) as f64);
     metrics::gauge!("precall_live_calls", "protocol" => "twilio").set(state.twilio.live.load(Ordering::Relaxed) as f64);
     metrics::gauge!("precall_draining").set(if ctx.stats.draining.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
+    // For leak checks: after the calls end, the task count returns to its baseline.
+    metrics::gauge!("precall_tokio_tasks_alive").set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

@@ -15,60 +15,84 @@ use std::sync::OnceLock;
 pub const TAPS_PER_PHASE: usize = 32;
 /// The largest factor (48 kHz / 8 kHz).
 pub const MAX_FACTOR: usize = 6;
-const MAX_TAPS: usize = MAX_FACTOR * TAPS_PER_PHASE;
-/// The filter's −6 dB point, Hz: just under 8 kHz's Nyquist frequency, above
-/// the telephone band (300–3400 Hz).
-const CUTOFF_HZ: f64 = 3900.0;
 /// Kaiser β for about 70 dB of stopband attenuation.
 const KAISER_BETA: f64 = 6.76;
 
+/// One branch of the polyphase filter: its taps (reversed, so index 0
+/// multiplies the oldest input of its history), or, for the branch through the
+/// filter's centre, a single tap. The cutoff sits exactly on 8 kHz's Nyquist
+/// frequency, which makes the prototype an L-th band filter: every L-th tap
+/// from the centre is a zero of the sinc, so the centre's branch is a pure
+/// delay and costs one multiply (half the work at 16 kHz).
+#[derive(Debug, Clone, Copy)]
+enum Branch {
+    Taps(usize),
+    Single { at: usize, gain: f32 },
+}
+
 /// One ratio's coefficients, shared by every call that uses it.
 struct Design {
-    /// The prototype low-pass, reversed (index 0 multiplies the oldest input),
-    /// for decimation. Its length is `factor · TAPS_PER_PHASE`; the last
-    /// prototype tap is zero so the filter has an odd length and an
-    /// integer delay.
-    reversed: Vec<f32>,
-    /// Interpolation branches, phase-major, each reversed and scaled by the factor.
-    phases: Vec<f32>,
+    /// `factor` branches of `TAPS_PER_PHASE` taps each, branch-major.
+    taps: Vec<f32>,
+    branches: Vec<Branch>,
     /// The filter's group delay in high-rate samples.
     delay: usize,
+}
+
+impl Design {
+    fn taps(&self, offset: usize) -> &[f32] {
+        &self.taps[offset..offset + TAPS_PER_PHASE]
+    }
+}
+
+/// Kaiser-windowed sinc, cut off at 4 kHz; its length is `factor · TAPS_PER_PHASE`
+/// with the last tap zero, so the length is odd and the delay an integer.
+fn prototype(factor: usize) -> (Vec<f64>, usize) {
+    let n = factor * TAPS_PER_PHASE;
+    let centre = (n - 2) / 2;
+    let fc = 0.5 / factor as f64; // cycles per high-rate sample
+    let half = centre as f64;
+    let mut h: Vec<f64> = (0..n)
+        .map(|i| {
+            if i == n - 1 {
+                return 0.0;
+            }
+            let t = i as f64 - half;
+            let sinc = if t == 0.0 {
+                2.0 * fc
+            } else {
+                (2.0 * std::f64::consts::PI * fc * t).sin() / (std::f64::consts::PI * t)
+            };
+            let r = t / half;
+            sinc * bessel_i0(KAISER_BETA * (1.0 - r * r).max(0.0).sqrt()) / bessel_i0(KAISER_BETA)
+        })
+        .collect();
+    let sum: f64 = h.iter().sum();
+    h.iter_mut().for_each(|x| *x /= sum);
+    (h, centre)
 }
 
 fn design(factor: usize) -> &'static Design {
     static DESIGNS: [OnceLock<Design>; MAX_FACTOR + 1] = [const { OnceLock::new() }; MAX_FACTOR + 1];
     DESIGNS[factor].get_or_init(|| {
-        let n = factor * TAPS_PER_PHASE;
-        let centre = (n - 2) / 2;
-        let fc = CUTOFF_HZ / (8000.0 * factor as f64); // cycles per high-rate sample
-        let half = centre as f64;
-        let mut h: Vec<f64> = (0..n)
-            .map(|i| {
-                if i == n - 1 {
-                    return 0.0;
-                }
-                let t = i as f64 - half;
-                let sinc = if t == 0.0 {
-                    2.0 * fc
-                } else {
-                    (2.0 * std::f64::consts::PI * fc * t).sin() / (std::f64::consts::PI * t)
-                };
-                let r = t / half;
-                sinc * bessel_i0(KAISER_BETA * (1.0 - r * r).max(0.0).sqrt()) / bessel_i0(KAISER_BETA)
-            })
-            .collect();
-        let sum: f64 = h.iter().sum();
-        h.iter_mut().for_each(|x| *x /= sum);
-        let reversed = h.iter().rev().map(|&x| x as f32).collect();
-        let mut phases = Vec::with_capacity(n);
+        let (h, centre) = prototype(factor);
+        let mut taps = Vec::with_capacity(h.len());
+        let mut branches = Vec::with_capacity(factor);
         for p in 0..factor {
-            for i in 0..TAPS_PER_PHASE {
-                phases.push((h[(TAPS_PER_PHASE - 1 - i) * factor + p] * factor as f64) as f32);
-            }
+            // Branch p holds h[k·factor + p]; reversed, so the newest input meets h[p].
+            let branch: Vec<f32> = (0..TAPS_PER_PHASE)
+                .map(|i| h[(TAPS_PER_PHASE - 1 - i) * factor + p] as f32)
+                .collect();
+            let nonzero: Vec<usize> = (0..TAPS_PER_PHASE).filter(|&i| branch[i].abs() > 1e-7).collect();
+            branches.push(match nonzero[..] {
+                [at] => Branch::Single { at, gain: branch[at] },
+                _ => Branch::Taps(taps.len()),
+            });
+            taps.extend(branch);
         }
         Design {
-            reversed,
-            phases,
+            taps,
+            branches,
             delay: centre,
         }
     })
@@ -88,6 +112,7 @@ fn bessel_i0(x: f64) -> f64 {
 }
 
 /// Eight accumulators, so the compiler can keep the sum in vector registers.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -100,18 +125,59 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The latest `TAPS_PER_PHASE` samples of one stream, written twice (at `pos`
+/// and `pos + TAPS_PER_PHASE`) so they are always one contiguous slice.
+#[derive(Clone, Copy)]
+struct History {
+    samples: [f32; 2 * TAPS_PER_PHASE],
+    pos: usize,
+}
+
+impl History {
+    const EMPTY: History = History {
+        samples: [0.0; 2 * TAPS_PER_PHASE],
+        pos: 0,
+    };
+
+    #[inline]
+    fn push(&mut self, x: f32) {
+        self.samples[self.pos] = x;
+        self.samples[self.pos + TAPS_PER_PHASE] = x;
+        self.pos += 1;
+        if self.pos == TAPS_PER_PHASE {
+            self.pos = 0;
+        }
+    }
+
+    /// Oldest first.
+    #[inline]
+    fn window(&self) -> &[f32] {
+        &self.samples[self.pos..self.pos + TAPS_PER_PHASE]
+    }
+
+    #[inline(always)]
+    fn apply(&self, design: &Design, branch: Branch) -> f32 {
+        match branch {
+            Branch::Taps(offset) => dot(design.taps(offset), self.window()),
+            Branch::Single { at, gain } => gain * self.window()[at],
+        }
+    }
+}
+
 /// One direction: up from 8 kHz by `factor`, or down to 8 kHz by it.
 pub struct Polyphase {
     design: &'static Design,
     factor: usize,
     up: bool,
-    /// The input history, written twice (at `pos` and `pos + len`) so the
-    /// latest `len` samples are always one contiguous slice.
-    history: [f32; 2 * MAX_TAPS],
-    len: usize,
-    pos: usize,
-    /// Up: outputs still to drop (the filter's delay). Down: inputs until the next output.
+    /// Up: one history of the 8 kHz input, shared by every branch. Down: one
+    /// per branch, branch `p` taking the inputs whose index is `delay − p`
+    /// modulo the factor.
+    history: [History; MAX_FACTOR],
+    /// Up: outputs still to drop (the filter's delay). Down: the branch the
+    /// next input feeds; an output is due when it wraps past 0.
     countdown: usize,
+    /// Down: no output until the filter's delay has passed.
+    warmup: usize,
     /// Samples in and out since the last start, for [`finish`](Self::finish).
     fed: u64,
     produced: u64,
@@ -127,10 +193,9 @@ impl Polyphase {
             design: design(factor),
             factor,
             up,
-            history: [0.0; 2 * MAX_TAPS],
-            len: if up { TAPS_PER_PHASE } else { factor * TAPS_PER_PHASE },
-            pos: 0,
+            history: [History::EMPTY; MAX_FACTOR],
             countdown: 0,
+            warmup: 0,
             fed: 0,
             produced: 0,
         };
@@ -140,24 +205,18 @@ impl Polyphase {
 
     /// Back to silence, as if new.
     pub fn reset(&mut self) {
-        self.history.fill(0.0);
-        self.pos = 0;
-        // Up: the first `delay` outputs are the filter filling. Down: the first
-        // output is centred on the first input, `delay` inputs later.
-        self.countdown = if self.up { self.design.delay } else { self.design.delay + 1 };
+        self.history = [History::EMPTY; MAX_FACTOR];
+        let delay = self.design.delay;
+        if self.up {
+            self.countdown = delay;
+        } else {
+            // Input n feeds branch (delay − n) mod factor; the first output is
+            // centred on input 0, so it comes with input `delay`.
+            self.countdown = delay % self.factor;
+            self.warmup = delay;
+        }
         self.fed = 0;
         self.produced = 0;
-    }
-
-    fn remember(&mut self, x: f32) {
-        self.history[self.pos] = x;
-        self.history[self.pos + self.len] = x;
-        self.pos = (self.pos + 1) % self.len;
-    }
-
-    /// The latest `len` inputs, oldest first.
-    fn window(&self) -> &[f32] {
-        &self.history[self.pos..self.pos + self.len]
     }
 
     pub fn push(&mut self, input: &[i16], output: &mut Vec<i16>) {
@@ -171,25 +230,34 @@ impl Polyphase {
         }
     }
 
+    #[inline]
     fn step(&mut self, x: f32, output: &mut Vec<i16>) {
-        self.remember(x);
         self.fed += 1;
         let to_i16 = |y: f32| (y * 32768.0).clamp(-32768.0, 32767.0) as i16;
+        let design = self.design;
         if self.up {
-            for p in 0..self.factor {
+            self.history[0].push(x);
+            for &branch in &design.branches {
                 if self.countdown > 0 {
                     self.countdown -= 1;
                     continue;
                 }
-                let taps = &self.design.phases[p * TAPS_PER_PHASE..(p + 1) * TAPS_PER_PHASE];
-                output.push(to_i16(dot(taps, self.window())));
+                // Each branch sees one input in `factor`: its gain is `factor`.
+                output.push(to_i16(self.history[0].apply(design, branch) * self.factor as f32));
                 self.produced += 1;
             }
         } else {
-            self.countdown -= 1;
-            if self.countdown == 0 {
-                self.countdown = self.factor;
-                output.push(to_i16(dot(&self.design.reversed, self.window())));
+            let p = self.countdown;
+            self.history[p].push(x);
+            let due = p == 0;
+            self.countdown = if due { self.factor - 1 } else { p - 1 };
+            if self.warmup > 0 {
+                self.warmup -= 1;
+                return;
+            }
+            if due {
+                let y: f32 = (0..self.factor).map(|p| self.history[p].apply(design, design.branches[p])).sum();
+                output.push(to_i16(y));
                 self.produced += 1;
             }
         }
