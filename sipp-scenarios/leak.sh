@@ -31,7 +31,8 @@ sample() {
   rss=$(awk '/^VmRSS:/ {print $2}' /proc/$PID/status)
   fds=$(ls /proc/$PID/fd | wc -l)
   tasks=$(curl -sf http://127.0.0.1:3096/metrics | awk '/^precall_tokio_tasks_alive / {print $2}')
-  echo "$rss $fds ${tasks:-0}"
+  if [[ -z "$tasks" ]]; then echo "FAIL: no precall_tokio_tasks_alive on /metrics" >&2; exit 1; fi
+  echo "$rss $fds $tasks"
 }
 settle() { sleep 6; }
 
