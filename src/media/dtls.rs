@@ -113,13 +113,49 @@ pub struct DtlsParams {
 /// DTLS last came from (or the SDP address before that).
 struct Path {
     socket: Arc<UdpSocket>,
-    peer: Mutex<SocketAddr>,
+    /// Where the handshake talks to: see [`Pin`].
+    peer: Mutex<Pin>,
     rx: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+}
+
+/// Which source the handshake belongs to. Without this, whoever sent the last
+/// DTLS datagram to the media port would be answered, and a third party could
+/// break a caller's handshake (it could never get keys: the fingerprint check
+/// stops it, but the call would end). The first source is pinned; only the
+/// address the SDP declared may take over from it (a stranger who raced the
+/// real peer's first flight loses); everything else is dropped.
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    declared: SocketAddr,
+    pinned: Option<SocketAddr>,
+}
+
+impl Pin {
+    fn new(declared: SocketAddr) -> Self {
+        Pin { declared, pinned: None }
+    }
+
+    /// Whether a datagram from `from` belongs to the handshake.
+    fn admit(&mut self, from: SocketAddr) -> bool {
+        match self.pinned {
+            Some(p) if p == from => true,
+            Some(_) if from != self.declared => false,
+            _ => {
+                self.pinned = Some(from);
+                true
+            }
+        }
+    }
+
+    /// Where to send: the pinned source, or the declared address before any.
+    fn peer(&self) -> SocketAddr {
+        self.pinned.unwrap_or(self.declared)
+    }
 }
 
 impl Path {
     fn peer(&self) -> SocketAddr {
-        *self.peer.lock().unwrap_or_else(|p| p.into_inner())
+        self.peer.lock().unwrap_or_else(|p| p.into_inner()).peer()
     }
 }
 
@@ -134,8 +170,14 @@ impl Conn for Path {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> dtls_util::Result<(usize, SocketAddr)> {
-        let (data, from) = self.rx.lock().await.recv().await.ok_or(dtls_util::Error::ErrUseClosedNetworkConn)?;
-        *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = from;
+        let mut rx = self.rx.lock().await;
+        let (data, from) = loop {
+            let (data, from) = rx.recv().await.ok_or(dtls_util::Error::ErrUseClosedNetworkConn)?;
+            if self.peer.lock().unwrap_or_else(|p| p.into_inner()).admit(from) {
+                break (data, from);
+            }
+            tracing::debug!(%from, "DTLS datagram from a source that is not the handshake's dropped");
+        };
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);
         Ok((n, from))
@@ -183,7 +225,7 @@ pub async fn handshake(
     let identity = identity()?;
     let path = Arc::new(Path {
         socket,
-        peer: Mutex::new(first_peer),
+        peer: Mutex::new(Pin::new(first_peer)),
         rx: tokio::sync::Mutex::new(rx),
     });
     let config = Config {
@@ -247,6 +289,27 @@ fn split_keys(suite: Suite, salt: usize, m: &[u8], client: bool) -> Option<SrtpP
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_handshake_stays_with_its_first_source_unless_the_declared_peer_appears() {
+        use super::Pin;
+        let declared = "192.0.2.10:4000".parse().unwrap();
+        let nat = "198.51.100.7:61000".parse().unwrap();
+        let stranger = "203.0.113.66:5555".parse().unwrap();
+        // A NATed caller: its first flight pins it, a stranger is dropped.
+        let mut pin = Pin::new(declared);
+        assert_eq!(pin.peer(), declared, "before anything arrives, the SDP address");
+        assert!(pin.admit(nat));
+        assert!(!pin.admit(stranger));
+        assert!(pin.admit(nat));
+        assert_eq!(pin.peer(), nat);
+        // A stranger who raced the caller's first flight loses to the declared address.
+        let mut pin = Pin::new(declared);
+        assert!(pin.admit(stranger));
+        assert!(pin.admit(declared));
+        assert!(!pin.admit(stranger), "the stranger is dropped once the declared peer speaks");
+        assert_eq!(pin.peer(), declared);
+    }
+
     use super::*;
 
     #[test]
