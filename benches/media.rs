@@ -208,5 +208,28 @@ fn srtp(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codecs, rtp, sip, bridge, srtp);
+/// The floor under every call's CPU: the syscalls one RTP packet costs on this
+/// kernel (loopback, so the send also pays for delivery into the receiving
+/// socket, as it does in `bridge_load` and `loadgen`). docs/PERFORMANCE.md
+/// divides the per-call CPU figures by these.
+fn syscalls(c: &mut Criterion) {
+    use std::net::UdpSocket;
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let to = rx.local_addr().expect("addr");
+    rx.set_nonblocking(true).expect("nonblocking");
+    let packet = [0x80u8; 172];
+    let mut buf = [0u8; 2048];
+    c.bench_function("udp sendto + recvfrom, 172 B RTP packet, loopback", |b| {
+        b.iter(|| {
+            let _ = tx.send_to(black_box(&packet), to);
+            black_box(rx.recv_from(&mut buf).ok());
+        })
+    });
+    c.bench_function("udp recvfrom on an empty socket (the EAGAIN that re-arms readiness)", |b| {
+        b.iter(|| black_box(rx.recv_from(&mut buf).is_err()))
+    });
+}
+
+criterion_group!(benches, codecs, rtp, sip, bridge, srtp, syscalls);
 criterion_main!(benches);
